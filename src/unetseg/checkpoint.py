@@ -1,0 +1,142 @@
+"""Checkpoints: atomic, checksummed writes; safe loads; the model rebuilt from what a file holds.
+
+Every load uses ``torch.load(weights_only=True)``, so a checkpoint from someone else cannot run code.
+Each checkpoint ``X.pt`` gets a ``X.pt.sha256`` beside it, written after the checkpoint itself; resume
+verifies it and falls back to the newest checkpoint that verifies and loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from unetseg.config import Config, from_dict
+from unetseg.data.classes import ClassSet
+from unetseg.files import atomic_path, write_text
+from unetseg.model import UNet
+
+FORMAT = "unetseg-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the reason."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` atomically (temporary file, fsync, rename), then its checksum."""
+    with atomic_path(path, fsync=True) as temporary:
+        torch.save(state, temporary)
+    write_text(path.with_name(path.name + ".sha256"), sha256_of(path) + "\n")
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load and verify a checkpoint; CheckpointError if it is missing, corrupt or foreign."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    checksum = path.with_name(path.name + ".sha256")
+    if checksum.is_file() and checksum.read_text().strip() != sha256_of(path):
+        raise CheckpointError(f"{path}: checksum mismatch (truncated or corrupted file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).splitlines()[0]
+        raise CheckpointError(f"{path}: refused to unpickle unsafe content ({first})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a unetseg checkpoint (no {FORMAT!r} marker)")
+    return state
+
+
+def checkpoint_paths(run_dir: Path) -> list[Path]:
+    """The periodic checkpoints of a run, newest first."""
+    return sorted((run_dir / "checkpoints").glob("step_*.pt"), reverse=True)
+
+
+def latest_good_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of a run that verifies and loads; reports and skips bad ones."""
+    for path in checkpoint_paths(run_dir):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as error:
+            print(f"warning: {error}; falling back to an older checkpoint", file=sys.stderr)
+    return None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP and torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def config_of(state: dict[str, Any]) -> Config:
+    return from_dict(state["config"], source="checkpoint config")
+
+
+def build_model(config: Config, num_classes: int) -> UNet:
+    """A fresh U-Net as the configuration describes it."""
+    m = config.model
+    return UNet(num_classes, width=m.width, dropout=m.dropout, upsampling=m.upsampling)
+
+
+def model_from_checkpoint(path: Path) -> tuple[UNet, Config, ClassSet]:
+    """The trained model (eval mode, CPU), its configuration and class set."""
+    state = load_checkpoint(path)
+    config, class_set = config_of(state), ClassSet.from_dict(state["class_set"])
+    model = build_model(config, class_set.num_classes)
+    load_weights(model, state["model"], path)
+    return model.eval(), config, class_set
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Load a state dict, explaining a mismatch of class count or architecture in one line."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: architecture differs ({len(missing)} missing, {len(unexpected)} unexpected "
+            f"tensors, e.g. {(missing or unexpected)[0]!r})"
+        )
+    for key, tensor in weights.items():
+        if own[key].shape != tensor.shape:
+            what = "class count" if key.startswith("head.") else "architecture"
+            raise CheckpointError(
+                f"{path}: {what} differs: {key} is {tuple(tensor.shape)} in the file, "
+                f"{tuple(own[key].shape)} in the model"
+            )
+    model.load_state_dict(weights)
+
+
+def export_safetensors(model: nn.Module, config: Config, class_set: ClassSet, path: Path) -> None:
+    """The weights as ``model.safetensors`` plus a JSON of what is needed to use them."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary))
+    meta = {
+        "architecture": "unet",
+        "model": config.to_dict()["model"],
+        "input_size": config.data.size,
+        "normalisation": {"mean": config.data.mean, "std": config.data.std},
+        "class_set": class_set.to_dict(),
+    }
+    write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")

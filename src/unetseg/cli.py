@@ -1,0 +1,318 @@
+"""``unetseg <command>``: parse the command line, load the configuration, call one function.
+
+Errors that are the user's to fix (configuration, data, checkpoints) print one line and exit with
+status 2 (configuration) or 1 (anything else); an interrupted run exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from unetseg import __version__
+from unetseg.config import ConfigError
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 512x256") from None
+    if width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: both sides must be positive")
+    return width, height
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML recipe (see configs/); defaults apply where it is silent. "
+        "Without it: the embedded synthetic data set",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="override a configuration value, e.g. train.base_lr=3e-4 data.size=[256,128]",
+    )
+
+
+def _load(args: argparse.Namespace):
+    from unetseg.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+# -- commands ----------------------------------------------------------------------------------
+def cmd_synth(args: argparse.Namespace) -> int:
+    from unetseg.data.synthetic import synthesize
+
+    paths = synthesize(args.out, args.train, args.val, size=args.size, seed=args.seed)
+    print(f"wrote {len(paths)} scenes under {args.out} (Cityscapes layout)")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from unetseg.data.classes import load_class_set
+    from unetseg.train import prepare_data
+
+    config = _load(args)
+    for split, cached in prepare_data(config, load_class_set(config.data.class_set)).items():
+        print(f"{split}: {len(cached)} pairs cached in {cached.folder}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from unetseg.data.cache import check_samples
+    from unetseg.data.classes import load_class_set
+    from unetseg.data.sources import ensure_synthetic, find_samples
+
+    config = _load(args)
+    class_set = load_class_set(config.data.class_set)
+    ensure_synthetic(config.data)
+    total_problems = 0
+    for split in args.splits:
+        samples = find_samples(config.data, split)
+        problems = check_samples(samples, class_set)
+        total_problems += len(problems)
+        print(f"{split}: {len(samples)} pairs, {len(problems)} problem(s)")
+        for problem in problems:
+            print(f"  {problem}")
+    return 1 if total_problems else 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from unetseg.data.classes import load_class_set
+    from unetseg.data.sources import ensure_synthetic, find_samples
+    from unetseg.data.tools import class_stats, plot_stats, stats_table
+
+    config = _load(args)
+    class_set = load_class_set(config.data.class_set)
+    ensure_synthetic(config.data)
+    stats = {split: class_stats(find_samples(config.data, split), class_set) for split in args.splits}
+    print(stats_table(stats))
+    plot_stats(stats, args.plot)
+    print(f"bar chart: {args.plot}")
+    return 0
+
+
+def cmd_data_show(args: argparse.Namespace) -> int:
+    from unetseg.data.classes import load_class_set
+    from unetseg.data.sources import ensure_synthetic, find_samples
+    from unetseg.data.tools import show_samples
+
+    config = _load(args)
+    ensure_synthetic(config.data)
+    samples = find_samples(config.data, args.split)
+    path = show_samples(
+        samples, load_class_set(config.data.class_set), args.count, args.output, seed=args.seed
+    )
+    print(f"grid: {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from unetseg.config import load_config
+    from unetseg.train import train
+
+    if args.resume:
+        run_dir = args.resume
+        config_path = args.config or run_dir / "config.yaml"
+        config = load_config(config_path, args.overrides)
+    else:
+        config = _load(args)
+        name = args.config.stem if args.config else "synthetic"
+        run_dir = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = train(config, run_dir, resume=bool(args.resume))
+    print(f"run folder:        {result.run_dir}")
+    print(f"final checkpoint:  {result.final_checkpoint}")
+    print(f"best checkpoint:   {result.best_checkpoint}")
+    print(f"metrics:           {result.run_dir / 'metrics.json'} (val mIoU {result.metrics['miou']})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from unetseg.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        args.checkpoint, args.data_root, args.split, args.full_res, args.out, args.worst, args.device
+    )
+    print(f"metrics: {result['out'] / 'metrics.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from unetseg.predict import Predictor, predict_paths
+
+    if (args.checkpoint is None) == (args.onnx is None):
+        raise ConfigError("predict: give exactly one of --checkpoint or --onnx")
+    if args.onnx is not None:
+        meta_path = args.onnx.with_suffix(".json")
+        if not meta_path.is_file():
+            raise ConfigError(f"{meta_path}: missing (written by `unetseg export` beside the model)")
+        predictor = Predictor.from_onnx(args.onnx, json.loads(meta_path.read_text()))
+    else:
+        predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
+    report = predict_paths(
+        args.input,
+        args.output,
+        predictor,
+        batch_size=args.batch_size,
+        tta=args.tta == "flip",
+        sliding_window=args.sliding_window,
+    )
+    print(f"wrote {len(report.written)} prediction set(s) to {args.output}")
+    for path, reason in report.failed:
+        print(f"failed: {path}: {reason}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from unetseg.export import export_onnx
+
+    path = export_onnx(args.checkpoint, args.output, opset=args.opset)
+    print(f"ONNX model: {path} (metadata: {path.with_suffix('.json')})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from unetseg.demo import run_demo
+
+    run_demo(args.out, args.overrides)
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The ``unetseg`` argument parser with one sub-command per job."""
+    parser = argparse.ArgumentParser(
+        prog="unetseg",
+        description="U-Net semantic segmentation for street scenes: synthesize or read data, "
+        "train, evaluate, predict and export.",
+    )
+    parser.add_argument("--version", action="version", version=f"unetseg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    demo = command("demo", cmd_demo, "the main job: synthesize street scenes, train a small U-Net, "
+                   "evaluate it and predict on a few images")
+    demo.add_argument("--out", type=Path, default=Path("demo_output"),
+                      help="folder for the data, the run and the predictions (default: demo_output)")
+    demo.add_argument("overrides", nargs="*", metavar="section.key=value",
+                      help="override the demo recipe, e.g. train.training_iterations=50")
+
+    synth = command("synth", cmd_synth, "write synthetic street scenes in the Cityscapes layout")
+    synth.add_argument("--out", type=Path, required=True, help="root folder to write into")
+    synth.add_argument("--train", type=int, default=300, help="number of train scenes (300)")
+    synth.add_argument("--val", type=int, default=40, help="number of val scenes (40)")
+    synth.add_argument("--size", type=_size, default=(512, 256), help="WIDTHxHEIGHT (512x256)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (0)")
+
+    prepare = command("prepare", cmd_prepare, "check the data and build the training cache once")
+    _add_config_arguments(prepare)
+
+    data = command("data", lambda a: 0, "data set tools: check, stats, show")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="TOOL")
+    check = data_commands.add_parser("check", help="list every problem of the data set; "
+                                     "exits non-zero if there is any",
+                                     description="list every problem (missing mask, unreadable "
+                                     "file, size mismatch, unknown mask value); exit 1 if any")
+    check.set_defaults(handler=cmd_data_check)
+    stats = data_commands.add_parser("stats", help="pixel share per class and split, with "
+                                     "suggested class weights and a bar chart",
+                                     description="pixel share per class and split, suggested "
+                                     "median-frequency class weights, and a bar chart PNG")
+    stats.set_defaults(handler=cmd_data_stats)
+    stats.add_argument("--plot", type=Path, default=Path("class_stats.png"),
+                       help="where to write the bar chart (class_stats.png)")
+    show = data_commands.add_parser("show", help="a PNG grid of image | colour mask samples",
+                                    description="a PNG grid of image | colour mask for random "
+                                    "samples, with the class legend")
+    show.set_defaults(handler=cmd_data_show)
+    show.add_argument("--split", default="train", help="split to sample from (train)")
+    show.add_argument("--count", type=int, default=6, help="number of samples (6)")
+    show.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
+    show.add_argument("--output", type=Path, default=Path("samples.png"),
+                      help="PNG to write (samples.png)")
+    for sub in (check, stats):
+        sub.add_argument("--splits", nargs="+", default=["train", "val"],
+                         help="splits to look at (train val)")
+    for sub in (check, stats, show):
+        _add_config_arguments(sub)
+
+    train = command("train", cmd_train, "train a U-Net; everything of the run goes into one folder")
+    _add_config_arguments(train)
+    train.add_argument("--out", type=Path,
+                       help="run folder (default: runs/<config name>-<date>-<time>)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                       help="continue a stopped run exactly from its newest good checkpoint")
+
+    evaluate = command("evaluate", cmd_evaluate, "score a checkpoint: metrics.json, per-class "
+                       "table, IoU chart, confusion matrix and the worst images")
+    evaluate.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) to score")
+    evaluate.add_argument("--data-root", type=Path,
+                          help="another copy of the data set in the same layout (default: the run's)")
+    evaluate.add_argument("--split", default="val", help="split to score (val)")
+    evaluate.add_argument("--full-res", action="store_true",
+                          help="score at the ground truth's own resolution (logits upsampled), "
+                          "as the official benchmark does")
+    evaluate.add_argument("--out", type=Path,
+                          help="output folder (default: beside the checkpoint)")
+    evaluate.add_argument("--worst", type=int, default=4, help="how many worst images to draw (4)")
+    evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                          help="where to run (auto)")
+
+    predict = command("predict", cmd_predict, "segment images of any size; writes colour masks, "
+                      "overlays and label-id PNGs at the original resolution")
+    predict.add_argument("--checkpoint", type=Path, help="PyTorch checkpoint (.pt)")
+    predict.add_argument("--onnx", type=Path, help="ONNX model from `unetseg export` instead")
+    predict.add_argument("--input", type=Path, nargs="+", required=True,
+                         help="image files and/or folders (searched recursively)")
+    predict.add_argument("--output", type=Path, required=True, help="folder for the outputs")
+    predict.add_argument("--batch-size", type=int, default=4, help="images per forward pass (4)")
+    predict.add_argument("--tta", choices=["none", "flip"], default="none",
+                         help="test-time augmentation: flip averages with the mirrored prediction")
+    predict.add_argument("--sliding-window", action="store_true",
+                         help="tile large images at their own resolution instead of shrinking them")
+    predict.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                         help="where to run (auto)")
+
+    export = command("export", cmd_export, "export a checkpoint to ONNX (dynamic batch and size)")
+    export.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) to export")
+    export.add_argument("--output", type=Path, required=True, help="ONNX file to write")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset version (17)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``unetseg`` console command."""
+    from unetseg.checkpoint import CheckpointError
+    from unetseg.data.io import DataError
+    from unetseg.train import TrainingError, TrainingInterrupted
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (DataError, CheckpointError, TrainingError, TrainingInterrupted) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 130 if isinstance(error, TrainingInterrupted) else 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Typed configuration: dataclasses, YAML files and dotted command-line overrides.
+
+A run is configured by one YAML file (see ``configs/``) whose sections mirror the dataclasses below,
+plus overrides such as ``train.base_lr=3e-4``. Every key is checked against the dataclasses before
+any heavy work: an unknown key gets a did-you-mean, a wrong type or impossible value a one-line
+``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported as one line naming the key or file."""
+
+
+@dataclass
+class DataConfig:
+    """Where the images and masks come from and how they are fed to the model."""
+
+    kind: str = "synthetic"  # synthetic | cityscapes | folders
+    root: str = "data/synthetic"
+    class_set: str = "cityscapes19"  # cityscapes19 | cityscapes24 | camvid11 | path to a YAML table
+    size: list[int] = field(default_factory=lambda: [512, 256])  # training width, height
+    train_split: str = "train"
+    val_split: str = "val"
+    train_filter: list[str] = field(default_factory=list)  # file-name globs kept in train
+    val_filter: list[str] = field(default_factory=list)  # file-name globs kept in val
+    mask_type: str = "labelIds"  # cityscapes: labelIds | color
+    mask_dir_suffix: str = "annot"  # folders: masks of ROOT/<split> lie in ROOT/<split><suffix>
+    drop_rare_classes: bool = False  # cityscapes24: drop images with rail track, tunnel, ...
+    cache_dir: str = ""  # empty: ~/.cache/unetseg (or $UNETSEG_CACHE)
+    num_workers: int = -1  # loader worker processes; -1: chosen for the device
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    synthetic_train: int = 300  # scenes written when kind=synthetic and root is empty
+    synthetic_val: int = 40
+    synthetic_seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation, applied identically to image and mask (never to val)."""
+
+    enabled: bool = True
+    hflip: bool = True
+    scale_min: float = 0.75
+    scale_max: float = 1.5
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.25
+
+
+@dataclass
+class ModelConfig:
+    """The U-Net's shape."""
+
+    width: int = 64
+    dropout: float = 0.1
+    upsampling: str = "transpose"  # transpose | bilinear
+
+
+@dataclass
+class LossConfig:
+    """Cross-entropy + soft Dice."""
+
+    ce_weight: float = 1.0
+    dice_weight: float = 1.0
+    class_weights: list[float] = field(default_factory=list)  # empty: uniform
+
+
+@dataclass
+class TrainConfig:
+    """The original recipe's knobs by their names, plus precision, logging and checkpoints."""
+
+    batch_size: int = 12
+    training_iterations: int = 1250  # optimizer steps
+    accum_steps: int = 4  # micro-batches per optimizer step
+    eval_interval: int = 10
+    eval_iterations: int = 5  # val batches per periodic evaluation; 0 = the whole val split
+    save_model_interval: int = 100
+    base_lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    decay_factor: float = 5e8
+    decay: str = "original"  # original | poly | cosine
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: str = "auto"  # auto | on | off
+    compile: bool = False
+    sync_batchnorm: bool = False
+    snapshot_interval: int = 100
+    snapshot_images: int = 4
+    log_interval: int = 1
+    keep_checkpoints: int = 3
+    max_nonfinite_steps: int = 5
+
+
+@dataclass
+class Config:
+    """A whole run's configuration."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict of the configuration (YAML/JSON-ready)."""
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.kind": ("synthetic", "cityscapes", "folders"),
+    "data.mask_type": ("labelIds", "color"),
+    "model.upsampling": ("transpose", "bilinear"),
+    "train.decay": ("original", "poly", "cosine"),
+    "train.device": ("auto", "cpu", "cuda", "mps"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.channels_last": ("auto", "on", "off"),
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides; validated."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for item in overrides or []:
+        _apply_override(raw, item)
+    config = from_dict(raw, source=str(path) if path else "config")
+    validate(config)
+    return config
+
+
+def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Build a Config from nested dicts, checking every key and type."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    sections = {}
+    hints = typing.get_type_hints(Config)
+    for name, value in raw.items():
+        if name not in hints:
+            raise ConfigError(f"{source}: unknown section {name!r}{_did_you_mean(name, hints)}")
+        sections[name] = _build_section(hints[name], value, f"{source}: {name}")
+    return Config(**sections)
+
+
+def _build_section(cls: type, values: Any, where: str) -> Any:
+    if values is None:
+        return cls()
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{where}.{key}: unknown key{_did_you_mean(key, hints)}")
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, expected: Any, where: str) -> Any:
+    """Check ``value`` against a simple type hint; ints are accepted where floats are expected."""
+    origin = typing.get_origin(expected)
+    if origin is list:
+        (item_type,) = typing.get_args(expected)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 5e8 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")
+
+
+def validate(config: Config) -> None:
+    """Reject impossible values with a message naming the key."""
+    for dotted, allowed in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(config, section), key)
+        if value not in allowed:
+            raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(allowed)}")
+    d, t, a = config.data, config.train, config.augment
+    if len(d.size) != 2 or any(s <= 0 or s % 16 for s in d.size):
+        raise ConfigError(f"data.size: {d.size} must be [width, height], both multiples of 16")
+    if len(d.mean) != 3 or len(d.std) != 3 or any(s <= 0 for s in d.std):
+        raise ConfigError("data.mean/data.std: need three values each, std positive")
+    positive = {
+        "train.batch_size": t.batch_size,
+        "train.training_iterations": t.training_iterations,
+        "train.accum_steps": t.accum_steps,
+        "train.eval_interval": t.eval_interval,
+        "train.save_model_interval": t.save_model_interval,
+        "train.snapshot_interval": t.snapshot_interval,
+        "train.log_interval": t.log_interval,
+        "train.keep_checkpoints": t.keep_checkpoints,
+        "train.max_nonfinite_steps": t.max_nonfinite_steps,
+        "model.width": config.model.width,
+        "data.synthetic_train": d.synthetic_train,
+        "data.synthetic_val": d.synthetic_val,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key}: must be at least 1, got {value}")
+    nonnegative = {
+        "train.eval_iterations": t.eval_iterations,
+        "train.warmup_steps": t.warmup_steps,
+        "train.weight_decay": t.weight_decay,
+        "train.grad_clip": t.grad_clip,
+        "train.min_lr": t.min_lr,
+        "train.snapshot_images": t.snapshot_images,
+        "loss.ce_weight": config.loss.ce_weight,
+        "loss.dice_weight": config.loss.dice_weight,
+    }
+    for key, value in nonnegative.items():
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value}")
+    if t.base_lr <= 0:
+        raise ConfigError(f"train.base_lr: must be positive, got {t.base_lr}")
+    if t.min_lr > t.base_lr:
+        raise ConfigError(f"train.min_lr: {t.min_lr} is above train.base_lr {t.base_lr}")
+    if t.decay_factor <= 0:
+        raise ConfigError(f"train.decay_factor: must be positive, got {t.decay_factor}")
+    if not 0.0 <= config.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
+    if not 0 < a.scale_min <= a.scale_max:
+        raise ConfigError(f"augment.scale_min/scale_max: need 0 < min <= max, got {a.scale_min}")
+    _validate_classes(config)
+    if config.loss.ce_weight + config.loss.dice_weight <= 0:
+        raise ConfigError("loss.ce_weight/dice_weight: at least one must be positive")
+
+
+def _validate_classes(config: Config) -> None:
+    from unetseg.data.classes import load_class_set
+
+    try:
+        class_set = load_class_set(config.data.class_set)
+    except ValueError as error:
+        raise ConfigError(f"data.class_set: {error}") from None
+    weights = config.loss.class_weights
+    if weights and (len(weights) != class_set.num_classes or min(weights) < 0):
+        raise ConfigError(
+            f"loss.class_weights: need {class_set.num_classes} non-negative values "
+            f"(one per class of {class_set.name}), got {len(weights)}"
+        )
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(error, "problem", None) or "could not parse"
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read: {error}") from None
+    return data or {}
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply ``section.key=value`` (value parsed as YAML) to the nested dict."""
+    dotted, sep, text = item.partition("=")
+    parts = dotted.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.base_lr=3e-4")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"override {item!r}: cannot parse the value") from None
+    section = raw.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"override {item!r}: section {parts[0]!r} is not a mapping")
+    section[parts[1]] = value
+
+
+def _did_you_mean(name: str, candidates: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def save_config(config: Config, path: Path) -> None:
+    """Write the resolved configuration as YAML."""
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

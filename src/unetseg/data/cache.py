@@ -1,0 +1,222 @@
+"""The one-time training cache: every pair decoded, checked and resized once, then memory-mapped.
+
+An epoch then decodes no PNGs: images live in one uint8 (N, H, W, 3) array and masks (already train
+ids) in one uint8 (N, H, W) array, both ``.npy`` files opened with ``mmap_mode="r"``. A cache is keyed
+by its source files (paths, sizes, mtimes), class set and size, and built in a temporary folder that is
+renamed into place only when complete, so an interrupted prepare leaves no half cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from unetseg.data.classes import ClassSet
+from unetseg.data.io import DataError, Sample, open_image, read_mask_values, to_rgb
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PreparedPair:
+    """One pair at the training size, or the problem that stopped it."""
+
+    image: np.ndarray | None
+    mask: np.ndarray | None
+    has_rare: bool = False
+    problem: str | None = None
+
+
+def load_pair(sample: Sample, class_set: ClassSet, size: tuple[int, int] | None) -> PreparedPair:
+    """Decode, check and (if ``size`` = (W, H) is given) resize one pair; never raises DataError."""
+    try:
+        if sample.mask is None:
+            raise DataError(f"{sample.image}: no mask found for this image")
+        rgb = to_rgb(open_image(sample.image))
+        values = read_mask_values(sample)
+        if values.shape != rgb.shape[:2]:
+            raise DataError(
+                f"{sample.mask}: mask is {values.shape[1]}x{values.shape[0]} but its image "
+                f"{sample.image.name} is {rgb.shape[1]}x{rgb.shape[0]}"
+            )
+        try:
+            train_ids = class_set.encode(values)
+        except ValueError as error:
+            raise DataError(f"{sample.mask}: {error}") from None
+        has_rare = bool(class_set.rare_values) and bool(
+            np.isin(values, class_set.rare_values).any()
+        )
+        if size is not None:
+            # PIL's bilinear filter widens its support when shrinking, so it averages like area.
+            rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+            train_ids = np.asarray(
+                Image.fromarray(train_ids).resize(size, Image.Resampling.NEAREST)
+            )
+        return PreparedPair(rgb, train_ids, has_rare)
+    except DataError as error:
+        return PreparedPair(None, None, problem=str(error))
+
+
+def scan_pairs(
+    samples: Sequence[Sample],
+    class_set: ClassSet,
+    size: tuple[int, int] | None,
+    workers: int = 0,
+    description: str = "checking",
+    progress: bool = True,
+) -> Iterator[PreparedPair]:
+    """``load_pair`` over all samples, in order, in parallel over processes, with a progress bar."""
+    workers = workers or min(os.cpu_count() or 1, max(1, len(samples) // 8))
+    bar = tqdm(total=len(samples), desc=description, unit="img", disable=not progress)
+    args = ([class_set] * len(samples), [size] * len(samples))
+    with bar:
+        if workers <= 1:
+            results: Iterator[PreparedPair] = map(load_pair, samples, *args)
+        else:
+            pool = ProcessPoolExecutor(workers)
+            results = pool.map(load_pair, samples, *args, chunksize=4)
+        try:
+            for pair in results:
+                bar.update()
+                yield pair
+        finally:
+            if workers > 1:
+                pool.shutdown(cancel_futures=True)
+
+
+def check_samples(
+    samples: Sequence[Sample], class_set: ClassSet, progress: bool = True
+) -> list[str]:
+    """Every problem of every pair (missing mask, unreadable file, size mismatch, bad value)."""
+    return [p.problem for p in scan_pairs(samples, class_set, None, progress=progress) if p.problem]
+
+
+class CachedSplit(torch.utils.data.Dataset):
+    """A prepared split: ``(image uint8 (H, W, 3), mask uint8 (H, W))`` tensors by index."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.index = json.loads((folder / "index.json").read_text())
+        self.images = np.load(folder / "images.npy", mmap_mode="r")
+        self.masks = np.load(folder / "masks.npy", mmap_mode="r")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(np.array(self.images[i])), torch.from_numpy(np.array(self.masks[i]))
+
+    @property
+    def sources(self) -> list[str]:
+        """The source image path of each entry."""
+        return self.index["images"]
+
+
+def cache_key(
+    samples: Sequence[Sample], class_set: ClassSet, size: tuple[int, int], drop_rare: bool
+) -> str:
+    """A digest of everything the cache content depends on."""
+    files = []
+    for sample in samples:
+        for path in (sample.image, sample.mask):
+            stat = path.stat() if path is not None and path.exists() else None
+            files.append(
+                [str(path), stat.st_size if stat else -1, stat.st_mtime_ns if stat else -1]
+            )
+    blob = json.dumps(
+        [CACHE_VERSION, files, class_set.lookup, list(size), drop_rare], separators=(",", ":")
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def prepare_split(
+    samples: Sequence[Sample],
+    class_set: ClassSet,
+    size: tuple[int, int],
+    cache_root: Path,
+    name: str,
+    drop_rare: bool = False,
+    progress: bool = True,
+) -> CachedSplit:
+    """The cached split for these samples, built (checking every pair) unless it already exists.
+
+    Raises DataError listing every problem found; nothing is cached then.
+    """
+    if not samples:
+        raise DataError(f"{name}: no samples found")
+    folder = cache_root / f"{name}-{cache_key(samples, class_set, size, drop_rare)}"
+    if (folder / "index.json").is_file():
+        return CachedSplit(folder)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    temporary = cache_root / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir()
+    try:
+        _write_cache(samples, class_set, size, temporary, drop_rare, name, progress)
+        try:
+            os.replace(temporary, folder)
+        except OSError:  # another process finished the same cache first
+            if not (folder / "index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return CachedSplit(folder)
+
+
+def _write_cache(
+    samples: Sequence[Sample],
+    class_set: ClassSet,
+    size: tuple[int, int],
+    folder: Path,
+    drop_rare: bool,
+    name: str,
+    progress: bool,
+) -> None:
+    width, height = size
+    images = np.lib.format.open_memmap(
+        folder / "images.npy", mode="w+", dtype=np.uint8, shape=(len(samples), height, width, 3)
+    )
+    masks = np.lib.format.open_memmap(
+        folder / "masks.npy", mode="w+", dtype=np.uint8, shape=(len(samples), height, width)
+    )
+    kept, problems = [], []
+    pairs = scan_pairs(samples, class_set, size, description=f"prepare {name}", progress=progress)
+    for sample, pair in zip(samples, pairs):
+        if pair.problem:
+            problems.append(pair.problem)
+        elif not (drop_rare and pair.has_rare):
+            images[len(kept)], masks[len(kept)] = pair.image, pair.mask
+            kept.append(sample)
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in {name}:\n" + "\n".join(problems))
+    if not kept:
+        raise DataError(f"{name}: every sample was dropped")
+    images.flush()
+    masks.flush()
+    del images, masks
+    if len(kept) < len(samples):  # shrink to the kept rows
+        for file in ("images.npy", "masks.npy"):
+            full = np.load(folder / file, mmap_mode="r")
+            np.save(folder / f"{file}.part", np.ascontiguousarray(full[: len(kept)]))
+            del full
+            os.replace(folder / f"{file}.part.npy", folder / file)
+    index = {
+        "version": CACHE_VERSION,
+        "size": list(size),
+        "class_set": class_set.name,
+        "images": [str(s.image) for s in kept],
+        "masks": [str(s.mask) for s in kept],
+        "dropped": len(samples) - len(kept),
+    }
+    (folder / "index.json").write_text(json.dumps(index, indent=1))

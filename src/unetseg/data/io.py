@@ -1,0 +1,117 @@
+"""Reading images and masks safely: every problem becomes a one-line DataError naming the file."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from unetseg.data.classes import cityscapes_color_to_label_id
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# Larger declared sizes are refused before decoding (decompression bombs).
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+class DataError(ValueError):
+    """A problem with one input file; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its mask (``mask`` is None where it is missing)."""
+
+    image: Path
+    mask: Path | None
+    mask_type: str = "index"  # index (values through the class table) | color (Cityscapes colours)
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and fully decode an image, EXIF orientation applied; DataError on any problem."""
+    try:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise DataError(
+                        f"{path}: declared size {width}x{height} exceeds the "
+                        f"{MAX_IMAGE_PIXELS} pixel limit (decompression bomb?)"
+                    )
+                image.load()
+                return ImageOps.exif_transpose(image)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DataError(f"{path}: refused as a decompression bomb: {error}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise DataError(f"{path}: unreadable or truncated image: {error}") from None
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Any PIL mode (RGBA, grayscale, palette, 16-bit) as (H, W, 3) uint8."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: scale by the actual range of the format, not clip at 255.
+        array = np.asarray(image, dtype=np.uint32)
+        maximum = 65535 if image.mode.startswith("I;16") or array.max() > 255 else 255
+        gray = (array * 255 // maximum).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if image.mode == "RGBA" or (image.mode == "P" and "transparency" in image.info):
+        # Composite on white so that transparent areas don't turn into arbitrary colours.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8."""
+    return to_rgb(open_image(path))
+
+
+def read_mask_values(sample: Sample) -> np.ndarray:
+    """A mask file as (H, W) uint8 source values (Cityscapes label ids for colour masks)."""
+    assert sample.mask is not None
+    image = open_image(sample.mask)
+    if sample.mask_type == "color":
+        return _colors_to_label_ids(np.asarray(image.convert("RGB")), sample.mask)
+    if image.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
+        raise DataError(f"{sample.mask}: mask has mode {image.mode}, expected one index channel")
+    values = np.asarray(image)
+    if values.max(initial=0) > 255 or values.min(initial=0) < 0:
+        bad = np.unique(values[(values > 255) | (values < 0)])[:5].tolist()
+        raise DataError(f"{sample.mask}: mask values {bad} outside 0..255")
+    return values.astype(np.uint8)
+
+
+_COLOR_TABLE = cityscapes_color_to_label_id()
+_COLOR_KEYS = np.array(sorted(r << 16 | g << 8 | b for r, g, b in _COLOR_TABLE), dtype=np.int64)
+_COLOR_IDS = np.array(
+    [_COLOR_TABLE[(k >> 16 & 255, k >> 8 & 255, k & 255)] for k in _COLOR_KEYS], dtype=np.uint8
+)
+
+
+def _colors_to_label_ids(rgb: np.ndarray, path: Path) -> np.ndarray:
+    keys = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    position = np.clip(np.searchsorted(_COLOR_KEYS, keys), 0, len(_COLOR_KEYS) - 1)
+    unknown = _COLOR_KEYS[position] != keys
+    if unknown.any():
+        r, g, b = rgb[unknown][0].tolist()
+        raise DataError(f"{path}: colour ({r}, {g}, {b}) is not in the Cityscapes palette")
+    return _COLOR_IDS[position]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files below ``folder`` (recursive), sorted."""
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )

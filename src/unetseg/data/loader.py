@@ -1,0 +1,99 @@
+"""Batches from a cached split: an endless, seeded, resumable training stream and a val pass."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class StreamBatchSampler(Sampler[list[int]]):
+    """Micro-batch ``k`` of rank ``r``: positions ``[k*G + r*B, k*G + (r+1)*B)`` of an endless stream.
+
+    The stream concatenates a fresh permutation of the data set per epoch, each drawn from
+    ``seed + epoch``; ``G = B * world_size``. Any micro-batch is a pure function of its number, so a run
+    resumed at micro-batch ``start`` sees exactly what an uninterrupted run saw, and ``world_size``
+    processes together see what one process with batch ``G`` sees.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+    ) -> None:
+        if size < 1:
+            raise ValueError("cannot sample from an empty data set")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size, self.start = rank, world_size, start
+        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.size, generator=generator)
+        return self._perm
+
+    def batch(self, k: int) -> list[int]:
+        """The sample indices of micro-batch ``k`` for this rank."""
+        first = (k * self.world_size + self.rank) * self.batch_size
+        return [
+            int(self._permutation(p // self.size)[p % self.size])
+            for p in range(first, first + self.batch_size)
+        ]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        k = self.start
+        while True:
+            yield self.batch(k)
+            k += 1
+
+    def __len__(self) -> int:  # endless; DataLoader only needs a number
+        return 2**62
+
+
+def default_workers(num_workers: int, device: torch.device, world_size: int = 1) -> int:
+    """Loader processes: on CPU the main process (workers would steal the cores that train)."""
+    if num_workers >= 0:
+        return num_workers
+    if device.type == "cpu":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // world_size - 1))
+
+
+def train_loader(
+    dataset: Dataset, sampler: StreamBatchSampler, workers: int, device: torch.device
+) -> DataLoader:
+    """The endless training loader over uint8 batches (augmentation happens on the device)."""
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def val_loader(
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """One ordered pass over this rank's share (every ``world_size``-th sample) of a split."""
+    indices = list(range(rank, len(dataset), world_size))  # type: ignore[arg-type]
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=indices,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )

@@ -1,0 +1,42 @@
+"""Finding the samples of a split for any configured data set kind."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+from unetseg.config import DataConfig
+from unetseg.data.cityscapes import find_cityscapes
+from unetseg.data.folders import find_folders
+from unetseg.data.io import Sample
+
+
+def find_samples(data: DataConfig, split: str, root: Path | None = None) -> list[Sample]:
+    """The samples of ``split`` ("train" or "val" role names map to the configured splits)."""
+    root = Path(root or data.root)
+    split_name = {"train": data.train_split, "val": data.val_split}.get(split, split)
+    if data.kind == "folders":
+        samples = find_folders(root, split_name, data.mask_dir_suffix)
+    else:
+        samples = find_cityscapes(root, split_name, data.mask_type)
+    patterns = {"train": data.train_filter, "val": data.val_filter}.get(split, [])
+    if patterns:
+        samples = [s for s in samples if any(fnmatch.fnmatch(s.image.name, p) for p in patterns)]
+    return samples
+
+
+def ensure_synthetic(data: DataConfig, progress: bool = True) -> None:
+    """Write the synthetic data set under ``data.root`` if it is the synthetic kind and absent."""
+    root = Path(data.root)
+    if data.kind != "synthetic" or (root / "leftImg8bit" / data.val_split).is_dir():
+        return
+    from unetseg.data.synthetic import synthesize
+
+    synthesize(
+        root,
+        n_train=data.synthetic_train,
+        n_val=data.synthetic_val,
+        size=(data.size[0], data.size[1]),
+        seed=data.synthetic_seed,
+        progress=progress,
+    )

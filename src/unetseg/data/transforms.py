@@ -1,0 +1,95 @@
+"""Batched augmentation and normalisation on the training device.
+
+Geometry (random scale + crop, horizontal flip) is one affine resampling per image, bilinear for the
+image and nearest for the mask, so the two stay aligned; pixels brought in from outside the image are
+ignored in the mask. Random parameters come from a generator the caller seeds per step, which makes
+resumed runs repeat their augmentation exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from unetseg.config import AugmentConfig
+from unetseg.data.classes import IGNORE_INDEX
+
+
+def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (N, H, W, 3) or float [0, 1] (N, 3, H, W) -> normalised float (N, 3, H, W)."""
+    if images.dtype == torch.uint8:
+        images = images.permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    return (images - m) / s
+
+
+def prepare_batch(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    augment: AugmentConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, H, W, 3) and masks (N, H, W) -> model input and int64 targets.
+
+    With ``augment`` (training), colour jitter and a random scale/crop/flip are applied.
+    """
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    y = masks.long()
+    if augment is not None and augment.enabled:
+        x = _colour_jitter(x, augment, generator)
+        x = normalise(x, mean, std)
+        x, y = _scale_crop_flip(x, y, augment, generator)
+        return x, y
+    return normalise(x, mean, std), y
+
+
+def _uniform(n: int, spread: float, generator: torch.Generator | None) -> torch.Tensor:
+    """n factors uniform in [1 - spread, 1 + spread], drawn on the CPU for reproducibility."""
+    return 1.0 + (torch.rand(n, generator=generator) * 2.0 - 1.0) * spread
+
+
+def _colour_jitter(
+    x: torch.Tensor, augment: AugmentConfig, generator: torch.Generator | None
+) -> torch.Tensor:
+    n = x.shape[0]
+    shape = (n, 1, 1, 1)
+    brightness = _uniform(n, augment.brightness, generator).view(shape).to(x.device)
+    contrast = _uniform(n, augment.contrast, generator).view(shape).to(x.device)
+    saturation = _uniform(n, augment.saturation, generator).view(shape).to(x.device)
+    x = x * brightness
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).clamp(0, 1)
+    x = (x - gray.mean(dim=(2, 3), keepdim=True)) * contrast + gray.mean(dim=(2, 3), keepdim=True)
+    x = (x - gray) * saturation + gray
+    return x.clamp_(0.0, 1.0)
+
+
+def _scale_crop_flip(
+    x: torch.Tensor, y: torch.Tensor, augment: AugmentConfig, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    n = x.shape[0]
+    scale = augment.scale_min + torch.rand(n, generator=generator) * (
+        augment.scale_max - augment.scale_min
+    )
+    flip = (
+        (torch.rand(n, generator=generator) < 0.5) if augment.hflip else torch.zeros(n, dtype=bool)
+    )
+    # Output coordinates in [-1, 1] map to input coordinates: x_in = sign * x_out / scale + shift.
+    reach = (1.0 - 1.0 / scale).abs()
+    shift = (torch.rand(2, n, generator=generator) * 2.0 - 1.0) * reach
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = torch.where(flip, -1.0, 1.0) / scale
+    theta[:, 1, 1] = 1.0 / scale
+    theta[:, 0, 2], theta[:, 1, 2] = shift[0], shift[1]
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # Shift the mask by one so that padding (0) is distinguishable, then mark it ignored.
+    shifted = (y + 1).unsqueeze(1).float()
+    y = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    y = y.squeeze(1).long() - 1
+    y[y < 0] = IGNORE_INDEX
+    return x, y

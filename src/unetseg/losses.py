@@ -1,0 +1,118 @@
+"""Cross-entropy + soft Dice segmentation loss.
+
+Both terms are means over images of per-image losses, so the loss of a batch of 2B images
+equals the average of the losses of its two halves; data-parallel training with gradient
+averaging therefore optimises exactly what one process with the whole batch would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SegmentationLoss(nn.Module):
+    """Cross-entropy + soft Dice on softmax probabilities, both ignoring ignore_index pixels.
+
+    Per image: CE is the class-weighted mean NLL over valid pixels; Dice is
+    1 - (weighted) mean over the classes present in the valid target of
+    (2 sum(p g) + smooth) / (sum(p) + sum(g) + smooth). An image without valid pixels
+    contributes 0 to both. Each batch term is the mean over images.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        ce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        class_weights: Sequence[float] | None = None,
+        smooth: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if smooth < 0:
+            raise ValueError(f"smooth must be >= 0, got {smooth}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.ce_weight = ce_weight
+        self.dice_weight = dice_weight
+        self.smooth = smooth
+        weights = (
+            torch.ones(num_classes)
+            if class_weights is None
+            else _check_weights(class_weights, num_classes)
+        )
+        # A buffer so that .to(device) moves it; not persistent: it is configuration.
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    def forward(self, logits: Tensor, target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return ``(total, {"ce": ce, "dice": dice})`` for logits (N, C, H, W), target (N, H, W).
+
+        ``target`` holds class indices in [0, C) or ``ignore_index``. The loss is computed in
+        float32 whatever the logits' dtype or the autocast state; the dict terms are detached.
+        """
+        self._check_shapes(logits, target)
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            log_probs = F.log_softmax(logits.float(), dim=1)
+            valid = target != self.ignore_index
+            # Ignored pixels point at class 0; the valid mask zeroes their contribution.
+            safe_target = torch.where(valid, target, 0).long()
+            ce = self._cross_entropy(log_probs, safe_target, valid).mean()
+            dice = self._soft_dice(log_probs.exp(), safe_target, valid).mean()
+        total = self.ce_weight * ce + self.dice_weight * dice
+        return total, {"ce": ce.detach(), "dice": dice.detach()}
+
+    def _check_shapes(self, logits: Tensor, target: Tensor) -> None:
+        if (
+            logits.dim() != 4
+            or logits.shape[1] != self.num_classes
+            or target.shape != (logits.shape[0], *logits.shape[2:])
+        ):
+            raise ValueError(
+                f"expected logits (N, {self.num_classes}, H, W) and target (N, H, W), "
+                f"got {tuple(logits.shape)} and {tuple(target.shape)}"
+            )
+        if target.is_floating_point():
+            raise TypeError("target must be an integer tensor of class indices")
+
+    def _cross_entropy(self, log_probs: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+        """Per-image weighted mean NLL over valid pixels, shape (N,)."""
+        nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+        pixel_weight = self.class_weights[target] * valid
+        numerator = (pixel_weight * nll).sum(dim=(1, 2))
+        denominator = pixel_weight.sum(dim=(1, 2))
+        # numerator is 0 wherever denominator is; dividing by 1 there avoids NaN gradients.
+        return numerator / torch.where(denominator > 0, denominator, 1.0)
+
+    def _soft_dice(self, probs: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+        """Per-image soft Dice loss over the classes present in the valid target, shape (N,)."""
+        valid_f = valid.unsqueeze(1).to(probs.dtype)
+        # Float one-hot via scatter (no int64 (N, H, W, C) tensor), zero at ignored pixels.
+        one_hot = torch.zeros_like(probs).scatter_(1, target.unsqueeze(1), valid_f)
+        probs = probs * valid_f
+        intersection = (probs * one_hot).sum(dim=(2, 3))
+        gt_sum = one_hot.sum(dim=(2, 3))
+        present = gt_sum > 0
+        denominator = probs.sum(dim=(2, 3)) + gt_sum + self.smooth
+        # Absent classes are masked out below; a denominator of 1 keeps them finite.
+        score = (2 * intersection + self.smooth) / torch.where(present, denominator, 1.0)
+        class_weight = self.class_weights * present
+        weight_sum = class_weight.sum(dim=1)
+        counted = weight_sum > 0  # False for images without (weighted) valid pixels
+        mean_score = (class_weight * score).sum(dim=1) / torch.where(counted, weight_sum, 1.0)
+        return torch.where(counted, 1 - mean_score, 0.0)
+
+
+def _check_weights(class_weights: Sequence[float], num_classes: int) -> Tensor:
+    """Validate class weights: one finite, non-negative value per class."""
+    weights = torch.as_tensor(class_weights, dtype=torch.float32).flatten()
+    if weights.numel() != num_classes:
+        raise ValueError(f"expected {num_classes} class weights, got {weights.numel()}")
+    if not torch.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"class weights must be finite, >= 0 and not all 0, got {weights}")
+    return weights

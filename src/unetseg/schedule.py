@@ -1,0 +1,42 @@
+"""Learning-rate schedules: quadratic warm-up, then the original square-root decay, poly or cosine."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+Decay = Literal["original", "poly", "cosine"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The learning rate as a plain function of the optimizer step (0-based)."""
+
+    base_lr: float
+    min_lr: float
+    warmup_steps: int
+    total_steps: int
+    decay: Decay = "original"
+    decay_factor: float = 5e8
+    poly_power: float = 0.9
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            # The original recipe's quadratic warm-up, floored at min_lr.
+            return max(self.base_lr * step**2 / self.warmup_steps**2, self.min_lr)
+        t = step - self.warmup_steps
+        if self.decay == "original":
+            return max(self.base_lr - math.sqrt(t / self.decay_factor), self.min_lr)
+        progress = min(1.0, t / max(1, self.total_steps - self.warmup_steps))
+        if self.decay == "poly":
+            shape = (1.0 - progress) ** self.poly_power
+        elif self.decay == "cosine":
+            shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            raise ValueError(f"unknown decay {self.decay!r}; use original, poly or cosine")
+        return self.min_lr + (self.base_lr - self.min_lr) * shape
+
+    def values(self) -> list[float]:
+        """The learning rate at every step of the run, for plotting."""
+        return [self(step) for step in range(self.total_steps)]

@@ -1,0 +1,519 @@
+"""The training loop, top to bottom.
+
+One run writes everything into one folder:
+``config.yaml``, ``schedule.png``, ``log.jsonl`` (a row per logged step), ``eval.jsonl`` (a row per
+evaluation), ``curves_loss.png`` / ``curves_miou.png``, ``snapshots/step_N.png``,
+``checkpoints/step_N.pt`` (+ ``.sha256``), ``best.pt``, ``final.pt``, ``model.safetensors`` (+ ``.json``)
+and ``metrics.json`` (the final full evaluation on the validation split).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from unetseg import checkpoint as ckpt
+from unetseg import viz
+from unetseg.config import Config, save_config
+from unetseg.data.cache import CachedSplit, prepare_split
+from unetseg.data.classes import ClassSet, load_class_set
+from unetseg.data.loader import StreamBatchSampler, default_workers, train_loader, val_loader
+from unetseg.data.sources import ensure_synthetic, find_samples
+from unetseg.data.transforms import prepare_batch
+from unetseg.evaluate import evaluate_model
+from unetseg.files import write_json
+from unetseg.losses import SegmentationLoss
+from unetseg.runtime import Runtime, barrier, make_runtime, shutdown
+from unetseg.schedule import Schedule
+from unetseg.syncbn import convert_sync_batchnorm
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (repeated non-finite steps, a failed checkpoint write)."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved before stopping."""
+
+
+@dataclass
+class TrainResult:
+    """Where a finished run put its outputs."""
+
+    run_dir: Path
+    final_checkpoint: Path
+    best_checkpoint: Path | None
+    metrics: dict[str, Any]
+
+
+def cache_root(config: Config) -> Path:
+    """The cache folder: ``data.cache_dir``, else $UNETSEG_CACHE, else ~/.cache/unetseg."""
+    if config.data.cache_dir:
+        return Path(config.data.cache_dir)
+    return Path(os.environ.get("UNETSEG_CACHE", Path.home() / ".cache" / "unetseg"))
+
+
+def prepare_data(
+    config: Config,
+    class_set: ClassSet,
+    splits: tuple[str, ...] = ("train", "val"),
+    progress: bool = True,
+) -> dict[str, CachedSplit]:
+    """Synthesize (if needed), check and cache the splits; DataError lists every bad file."""
+    ensure_synthetic(config.data, progress=progress)
+    size = (config.data.size[0], config.data.size[1])
+    return {
+        split: prepare_split(
+            find_samples(config.data, split),
+            class_set,
+            size,
+            cache_root(config),
+            name=f"{Path(config.data.root).name}-{split}",
+            drop_rare=config.data.drop_rare_classes,
+            progress=progress,
+        )
+        for split in splits
+    }
+
+
+def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norm parameters (decaying them only hurts)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": config.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.train.base_lr)
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    """Augmentation randomness as a pure function of position, so resume repeats it exactly."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + rank)
+
+
+class StopSignal:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (a second one kills)."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received:  # asked twice: stop now
+            signal.signal(signum, self._previous[signum])
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Owns the model, optimizer, data stream and run folder of one training run."""
+
+    def __init__(self, config: Config, run_dir: Path, resume: bool, progress: bool) -> None:
+        self.config, self.run_dir, self.progress = config, run_dir, progress
+        self.rt: Runtime = make_runtime(config.train)
+        t = config.train
+        torch.manual_seed(t.seed)
+        self.class_set = load_class_set(config.data.class_set)
+        if self.rt.is_main:  # one process checks and caches, the others wait and reuse it
+            self.data = prepare_data(config, self.class_set, progress=progress)
+        barrier(self.rt)
+        if not self.rt.is_main:
+            self.data = prepare_data(config, self.class_set, progress=False)
+        self.model = self._build_model()
+        self.optimizer = build_optimizer(self.model, config)
+        self.scaler = torch.amp.GradScaler(
+            self.rt.device.type, enabled=self.rt.amp_dtype == torch.float16
+        )
+        weights = config.loss.class_weights or None
+        self.loss_fn = SegmentationLoss(
+            self.class_set.num_classes,
+            ce_weight=config.loss.ce_weight,
+            dice_weight=config.loss.dice_weight,
+            class_weights=weights,
+        ).to(self.rt.device)
+        self.schedule = Schedule(
+            t.base_lr, t.min_lr, t.warmup_steps, t.training_iterations, t.decay, t.decay_factor
+        )
+        self.step, self.best_miou, self.nonfinite_total = 0, -1.0, 0
+        self.last_checkpoint: Path | None = None
+        if resume:
+            self._resume()
+        self.workers = default_workers(config.data.num_workers, self.rt.device, self.rt.world_size)
+        self.forward_model = self._wrap_model()
+
+    # -- setup -----------------------------------------------------------------------------
+    def _build_model(self) -> nn.Module:
+        model = ckpt.build_model(self.config, self.class_set.num_classes)
+        if self.config.train.sync_batchnorm and self.rt.distributed:
+            model = convert_sync_batchnorm(model, self.rt.device)
+        model = model.to(self.rt.device)
+        if self.rt.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _wrap_model(self) -> nn.Module:
+        model: nn.Module = self.model
+        if self.rt.distributed:
+            ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if self.config.train.compile:
+            model = torch.compile(model)
+        return model
+
+    def _resume(self) -> None:
+        found = ckpt.latest_good_checkpoint(self.run_dir)
+        if found is None:
+            raise TrainingError(f"{self.run_dir}: no usable checkpoint to resume from")
+        path, state = found
+        ckpt.load_weights(self.model, state["model"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step = int(state["step"])
+        self.best_miou = float(state["best_miou"])
+        self.nonfinite_total = int(state["nonfinite_total"])
+        self.last_checkpoint = path
+        if self.rt.is_main:
+            print(f"resuming from {path} at step {self.step}", file=sys.stderr)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "format": ckpt.FORMAT,
+            "step": self.step,
+            "model": ckpt.unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "lr": self.schedule(min(self.step, self.config.train.training_iterations - 1)),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "best_miou": self.best_miou,
+            "nonfinite_total": self.nonfinite_total,
+            "config": self.config.to_dict(),
+            "class_set": self.class_set.to_dict(),
+        }
+
+    def save(self, path: Path | None = None) -> Path:
+        """Save a checkpoint (rank 0 only); periodic ones rotate, keeping the newest few."""
+        path = path or self.run_dir / "checkpoints" / f"step_{self.step:07d}.pt"
+        if self.rt.is_main:
+            try:
+                ckpt.save_checkpoint(self._state(), path)
+            except OSError as error:
+                good = self.last_checkpoint or "none yet"
+                raise TrainingError(
+                    f"could not write checkpoint {path}: {error.strerror or error}; "
+                    f"the last good checkpoint is {good}"
+                ) from None
+            if path.parent.name == "checkpoints":
+                self.last_checkpoint = path
+                for old in ckpt.checkpoint_paths(self.run_dir)[
+                    self.config.train.keep_checkpoints :
+                ]:
+                    old.unlink(missing_ok=True)
+                    old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+        return path
+
+    # -- one optimizer step ----------------------------------------------------------------
+    def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """Accumulate ``accum_steps`` micro-batches, clip, and step (or skip a non-finite step)."""
+        t, rt = self.config.train, self.rt
+        lr = self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.forward_model.train()
+        totals = torch.zeros(3, device=rt.device)
+        for micro in range(t.accum_steps):
+            images, masks = next(batches)
+            x, y = prepare_batch(
+                images.to(rt.device, non_blocking=True),
+                masks.to(rt.device, non_blocking=True),
+                self.config.data.mean,
+                self.config.data.std,
+                self.config.augment,
+                step_generator(t.seed, self.step, micro, rt.rank),
+            )
+            x = rt.prepare_input(x)
+            sync = micro == t.accum_steps - 1 or not rt.distributed
+            context = self.forward_model.no_sync() if not sync else contextlib.nullcontext()
+            with context:
+                with rt.autocast():
+                    logits = self.forward_model(x)
+                loss, terms = self.loss_fn(logits, y)
+                self.scaler.scale(loss / t.accum_steps).backward()
+            totals += torch.stack([loss.detach(), terms["ce"], terms["dice"]]) / t.accum_steps
+        if rt.distributed:
+            dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+            totals /= rt.world_size
+        self.scaler.unscale_(self.optimizer)
+        max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        finite = bool(torch.isfinite(totals).all()) and bool(torch.isfinite(grad_norm))
+        if finite:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, ce, dice = totals.tolist()
+        return {
+            "loss": loss,
+            "ce": ce,
+            "dice": dice,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "finite": finite,
+        }
+
+    # -- evaluation, snapshots, logs --------------------------------------------------------
+    def evaluate(self, max_batches: int) -> dict[str, Any]:
+        loader = val_loader(
+            self.data["val"],
+            self.config.train.batch_size,
+            self.workers,
+            self.rt.device,
+            self.rt.rank,
+            self.rt.world_size,
+        )
+        result = evaluate_model(
+            self.forward_model,
+            loader,
+            self.class_set,
+            self.rt,
+            self.config.data.mean,
+            self.config.data.std,
+            self.loss_fn,
+            max_batches,
+        )
+        return result
+
+    def snapshot(self) -> None:
+        """A grid of fixed val images: image | ground truth | prediction."""
+        val = self.data["val"]
+        count = min(self.config.train.snapshot_images, len(val))
+        if count == 0 or not self.rt.is_main:
+            return
+        images, masks = zip(*(val[i] for i in range(count)))
+        x, _ = prepare_batch(
+            torch.stack(images), torch.stack(masks), self.config.data.mean, self.config.data.std
+        )
+        model = ckpt.unwrap(self.model)
+        model.eval()
+        with torch.inference_mode(), self.rt.autocast():
+            prediction = model(self.rt.prepare_input(x)).argmax(1).cpu().numpy()
+        rows = [
+            (images[i].numpy(), masks[i].numpy(), prediction[i].astype(np.uint8))
+            for i in range(count)
+        ]
+        grid = viz.comparison_grid(rows, self.class_set)
+        grid = np.concatenate([grid, viz.legend_strip(self.class_set, grid.shape[1])], axis=0)
+        viz.save_image(grid, self.run_dir / "snapshots" / f"step_{self.step:07d}.png")
+
+
+class RunLog:
+    """``log.jsonl`` / ``eval.jsonl`` appenders, curve plots, and TensorBoard when installed."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.run_dir, self.enabled = run_dir, enabled
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self.writer = None
+
+    def append(self, name: str, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.run_dir / name, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
+                    self.writer.add_scalar(f"{Path(name).stem}/{key}", value, row["step"])
+
+    def rows(self, name: str) -> list[dict[str, Any]]:
+        path = self.run_dir / name
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def plot(self) -> None:
+        """Refresh the loss and mIoU curves from the logs."""
+        if not self.enabled:
+            return
+        train, evals = self.rows("log.jsonl"), self.rows("eval.jsonl")
+        series = {
+            "train loss": ([r["step"] for r in train], [r["loss"] for r in train]),
+            "val loss": ([r["step"] for r in evals], [r["val_loss"] for r in evals]),
+        }
+        viz.plot_curves(series, self.run_dir / "curves_loss.png", "loss")
+        viz.plot_curves(
+            {"val mIoU": ([r["step"] for r in evals], [r["miou"] for r in evals])},
+            self.run_dir / "curves_miou.png",
+            "mIoU",
+        )
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(
+    config: Config, run_dir: Path, resume: bool = False, progress: bool = True
+) -> TrainResult:
+    """Train as configured, writing everything into ``run_dir``; resumable after any stop."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, run_dir, resume, progress)
+    try:
+        return _run(trainer)
+    finally:
+        shutdown(trainer.rt)
+
+
+def _run(trainer: Trainer) -> TrainResult:
+    config, rt, run_dir = trainer.config, trainer.rt, trainer.run_dir
+    t = config.train
+    log = RunLog(run_dir, rt.is_main)
+    if rt.is_main:
+        save_config(config, run_dir / "config.yaml")
+        viz.plot_schedule(
+            trainer.schedule.values(), run_dir / "schedule.png", f"learning rate ({t.decay} decay)"
+        )
+    sampler = StreamBatchSampler(
+        len(trainer.data["train"]),
+        t.batch_size,
+        t.seed,
+        rt.rank,
+        rt.world_size,
+        start=trainer.step * t.accum_steps,
+    )
+    batches = iter(train_loader(trainer.data["train"], sampler, trainer.workers, rt.device))
+    images_per_step = t.batch_size * t.accum_steps * rt.world_size
+    consecutive_bad = 0
+    bar = tqdm(
+        total=t.training_iterations,
+        initial=trainer.step,
+        desc="train",
+        unit="step",
+        disable=not (trainer.progress and rt.is_main),
+        dynamic_ncols=True,
+    )
+    with StopSignal() as stop, bar:
+        while trainer.step < t.training_iterations:
+            started = time.perf_counter()
+            stats = trainer.train_step(batches)
+            consecutive_bad = 0 if stats["finite"] else consecutive_bad + 1
+            if not stats["finite"]:
+                trainer.nonfinite_total += 1
+                if consecutive_bad >= t.max_nonfinite_steps:
+                    raise TrainingError(
+                        f"non-finite loss or gradient in {consecutive_bad} steps in a row "
+                        f"(last at step {trainer.step}); last good checkpoint: "
+                        f"{trainer.last_checkpoint or 'none'}"
+                    )
+            trainer.step += 1
+            step = trainer.step
+            bar.update()
+            if step % t.log_interval == 0 or step == t.training_iterations:
+                seconds = time.perf_counter() - started
+                row = {
+                    "step": step,
+                    **{k: v for k, v in stats.items() if k != "finite"},
+                    "skipped": trainer.nonfinite_total,
+                    "images_per_s": images_per_step / seconds,
+                    "memory_mb": _memory_mb(rt.device),
+                }
+                log.append("log.jsonl", row)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.1e}")
+            if step % t.eval_interval == 0 or step == t.training_iterations:
+                _periodic_eval(trainer, log, bar)
+            if step % t.snapshot_interval == 0:
+                trainer.snapshot()
+            if step % t.save_model_interval == 0 or step == t.training_iterations:
+                trainer.save()
+            if stop.received:
+                path = trainer.save()
+                raise TrainingInterrupted(
+                    f"{stop.received} received: saved {path} at step {step}; "
+                    f"continue with --resume {run_dir}"
+                )
+    return _finish(trainer, log)
+
+
+def _periodic_eval(trainer: Trainer, log: RunLog, bar: tqdm) -> None:
+    result = trainer.evaluate(trainer.config.train.eval_iterations)
+    scores = result["scores"]
+    row = {
+        "step": trainer.step,
+        "val_loss": result["loss"],
+        "miou": _finite(scores.miou),
+        "mean_dice": _finite(scores.mean_dice),
+        "pixel_accuracy": scores.pixel_accuracy,
+        "iou": {n: _finite(v) for n, v in zip(trainer.class_set.names, scores.iou)},
+    }
+    log.append("eval.jsonl", row)
+    log.plot()
+    bar.write(f"step {trainer.step}: val loss {result['loss']:.4f}, mIoU {scores.miou:.4f}")
+    if trainer.rt.is_main and scores.miou > trainer.best_miou:
+        trainer.best_miou = float(scores.miou)
+        trainer.save(trainer.run_dir / "best.pt")
+
+
+def _finish(trainer: Trainer, log: RunLog) -> TrainResult:
+    """Final checkpoint, shareable weights, a full validation pass and its metrics.json."""
+    run_dir = trainer.run_dir
+    final = trainer.save(run_dir / "final.pt")
+    result = trainer.evaluate(max_batches=0)
+    metrics = result["scores"].to_dict(trainer.class_set.names)
+    metrics.update(step=trainer.step, split="val", val_loss=result["loss"])
+    if trainer.rt.is_main:
+        ckpt.export_safetensors(
+            trainer.model, trainer.config, trainer.class_set, run_dir / "model.safetensors"
+        )
+        write_json(run_dir / "metrics.json", metrics)
+        trainer.snapshot()
+    log.close()
+    best = run_dir / "best.pt"
+    return TrainResult(run_dir, final, best if best.is_file() else None, metrics)
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,47 @@
+import pytest
+
+from unetseg.config import ConfigError, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    path = write(tmp_path, "train:\n  batch_size: 3\n  decay_factor: 5e8\nmodel:\n  width: 8\n")
+    config = load_config(path, ["train.base_lr=3e-4", "data.size=[64,32]"])
+    assert config.train.batch_size == 3
+    assert config.train.decay_factor == 5e8
+    assert config.model.width == 8
+    assert config.train.base_lr == 3e-4
+    assert config.data.size == [64, 32]
+    assert config.train.accum_steps == 4  # default
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.batch_sise=4"], r"train.batch_sise: unknown key \(did you mean 'batch_size'\?\)"),
+        (["trian.batch_size=4"], r"unknown section 'trian' \(did you mean 'train'\?\)"),
+        (["train.batch_size=four"], r"train.batch_size: expected int, got 'four'"),
+        (["train.batch_size=0"], r"train.batch_size: must be at least 1"),
+        (["train.accum_steps=0"], r"train.accum_steps: must be at least 1"),
+        (["data.size=[100,64]"], r"data.size: .*multiples of 16"),
+        (["train.min_lr=1e-2"], r"train.min_lr: 0.01 is above train.base_lr"),
+        (["train.precision=fp8"], r"train.precision: 'fp8' is not one of"),
+        (["data.class_set=nope"], r"data.class_set: .*'nope'"),
+        (["train.batch_size"], r"expected section.key=value"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"c.yaml: malformed YAML \(line \d+\): expected"):
+        load_config(write(tmp_path, "train:\n  batch_size: [1, 2\n"))
+    with pytest.raises(ConfigError, match="nothere.yaml: config file not found"):
+        load_config(tmp_path / "nothere.yaml")
