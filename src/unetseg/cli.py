@@ -93,7 +93,9 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     config = _load(args)
     class_set = load_class_set(config.data.class_set)
     ensure_synthetic(config.data)
-    stats = {split: class_stats(find_samples(config.data, split), class_set) for split in args.splits}
+    stats = {
+        split: class_stats(find_samples(config.data, split), class_set) for split in args.splits
+    }
     print(stats_table(stats))
     plot_stats(stats, args.plot)
     print(f"bar chart: {args.plot}")
@@ -131,7 +133,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run folder:        {result.run_dir}")
     print(f"final checkpoint:  {result.final_checkpoint}")
     print(f"best checkpoint:   {result.best_checkpoint}")
-    print(f"metrics:           {result.run_dir / 'metrics.json'} (val mIoU {result.metrics['miou']})")
+    print(
+        f"metrics:           {result.run_dir / 'metrics.json'} (val mIoU {result.metrics['miou']})"
+    )
     return 0
 
 
@@ -139,7 +143,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from unetseg.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(
-        args.checkpoint, args.data_root, args.split, args.full_res, args.out, args.worst, args.device
+        args.checkpoint,
+        args.data_root,
+        args.split,
+        args.full_res,
+        args.out,
+        args.worst,
+        args.device,
     )
     print(f"metrics: {result['out'] / 'metrics.json'}")
     return 0
@@ -155,7 +165,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.onnx is not None:
         meta_path = args.onnx.with_suffix(".json")
         if not meta_path.is_file():
-            raise ConfigError(f"{meta_path}: missing (written by `unetseg export` beside the model)")
+            raise ConfigError(
+                f"{meta_path}: missing (written by `unetseg export` beside the model)"
+            )
         predictor = Predictor.from_onnx(args.onnx, json.loads(meta_path.read_text()))
     else:
         predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
@@ -204,12 +216,24 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    demo = command("demo", cmd_demo, "the main job: synthesize street scenes, train a small U-Net, "
-                   "evaluate it and predict on a few images")
-    demo.add_argument("--out", type=Path, default=Path("demo_output"),
-                      help="folder for the data, the run and the predictions (default: demo_output)")
-    demo.add_argument("overrides", nargs="*", metavar="section.key=value",
-                      help="override the demo recipe, e.g. train.training_iterations=50")
+    demo = command(
+        "demo",
+        cmd_demo,
+        "the main job: synthesize street scenes, train a small U-Net, "
+        "evaluate it and predict on a few images",
+    )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("demo_output"),
+        help="folder for the data, the run and the predictions (default: demo_output)",
+    )
+    demo.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="override the demo recipe, e.g. train.training_iterations=50",
+    )
 
     synth = command("synth", cmd_synth, "write synthetic street scenes in the Cityscapes layout")
     synth.add_argument("--out", type=Path, required=True, help="root folder to write into")
@@ -223,69 +247,121 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = command("data", lambda a: 0, "data set tools: check, stats, show")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="TOOL")
-    check = data_commands.add_parser("check", help="list every problem of the data set; "
-                                     "exits non-zero if there is any",
-                                     description="list every problem (missing mask, unreadable "
-                                     "file, size mismatch, unknown mask value); exit 1 if any")
+    check = data_commands.add_parser(
+        "check",
+        help="list every problem of the data set; exits non-zero if there is any",
+        description="list every problem (missing mask, unreadable "
+        "file, size mismatch, unknown mask value); exit 1 if any",
+    )
     check.set_defaults(handler=cmd_data_check)
-    stats = data_commands.add_parser("stats", help="pixel share per class and split, with "
-                                     "suggested class weights and a bar chart",
-                                     description="pixel share per class and split, suggested "
-                                     "median-frequency class weights, and a bar chart PNG")
+    stats = data_commands.add_parser(
+        "stats",
+        help="pixel share per class and split, with suggested class weights and a bar chart",
+        description="pixel share per class and split, suggested "
+        "median-frequency class weights, and a bar chart PNG",
+    )
     stats.set_defaults(handler=cmd_data_stats)
-    stats.add_argument("--plot", type=Path, default=Path("class_stats.png"),
-                       help="where to write the bar chart (class_stats.png)")
-    show = data_commands.add_parser("show", help="a PNG grid of image | colour mask samples",
-                                    description="a PNG grid of image | colour mask for random "
-                                    "samples, with the class legend")
+    stats.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("class_stats.png"),
+        help="where to write the bar chart (class_stats.png)",
+    )
+    show = data_commands.add_parser(
+        "show",
+        help="a PNG grid of image | colour mask samples",
+        description="a PNG grid of image | colour mask for random samples, with the class legend",
+    )
     show.set_defaults(handler=cmd_data_show)
     show.add_argument("--split", default="train", help="split to sample from (train)")
     show.add_argument("--count", type=int, default=6, help="number of samples (6)")
     show.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
-    show.add_argument("--output", type=Path, default=Path("samples.png"),
-                      help="PNG to write (samples.png)")
+    show.add_argument(
+        "--output", type=Path, default=Path("samples.png"), help="PNG to write (samples.png)"
+    )
     for sub in (check, stats):
-        sub.add_argument("--splits", nargs="+", default=["train", "val"],
-                         help="splits to look at (train val)")
+        sub.add_argument(
+            "--splits", nargs="+", default=["train", "val"], help="splits to look at (train val)"
+        )
     for sub in (check, stats, show):
         _add_config_arguments(sub)
 
     train = command("train", cmd_train, "train a U-Net; everything of the run goes into one folder")
     _add_config_arguments(train)
-    train.add_argument("--out", type=Path,
-                       help="run folder (default: runs/<config name>-<date>-<time>)")
-    train.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                       help="continue a stopped run exactly from its newest good checkpoint")
+    train.add_argument(
+        "--out", type=Path, help="run folder (default: runs/<config name>-<date>-<time>)"
+    )
+    train.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a stopped run exactly from its newest good checkpoint",
+    )
 
-    evaluate = command("evaluate", cmd_evaluate, "score a checkpoint: metrics.json, per-class "
-                       "table, IoU chart, confusion matrix and the worst images")
-    evaluate.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) to score")
-    evaluate.add_argument("--data-root", type=Path,
-                          help="another copy of the data set in the same layout (default: the run's)")
+    evaluate = command(
+        "evaluate",
+        cmd_evaluate,
+        "score a checkpoint: metrics.json, per-class "
+        "table, IoU chart, confusion matrix and the worst images",
+    )
+    evaluate.add_argument(
+        "--checkpoint", type=Path, required=True, help="checkpoint (.pt) to score"
+    )
+    evaluate.add_argument(
+        "--data-root",
+        type=Path,
+        help="another copy of the data set in the same layout (default: the run's)",
+    )
     evaluate.add_argument("--split", default="val", help="split to score (val)")
-    evaluate.add_argument("--full-res", action="store_true",
-                          help="score at the ground truth's own resolution (logits upsampled), "
-                          "as the official benchmark does")
-    evaluate.add_argument("--out", type=Path,
-                          help="output folder (default: beside the checkpoint)")
+    evaluate.add_argument(
+        "--full-res",
+        action="store_true",
+        help="score at the ground truth's own resolution (logits upsampled), "
+        "as the official benchmark does",
+    )
+    evaluate.add_argument("--out", type=Path, help="output folder (default: beside the checkpoint)")
     evaluate.add_argument("--worst", type=int, default=4, help="how many worst images to draw (4)")
-    evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                          help="where to run (auto)")
+    evaluate.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where to run (auto)",
+    )
 
-    predict = command("predict", cmd_predict, "segment images of any size; writes colour masks, "
-                      "overlays and label-id PNGs at the original resolution")
+    predict = command(
+        "predict",
+        cmd_predict,
+        "segment images of any size; writes colour masks, "
+        "overlays and label-id PNGs at the original resolution",
+    )
     predict.add_argument("--checkpoint", type=Path, help="PyTorch checkpoint (.pt)")
     predict.add_argument("--onnx", type=Path, help="ONNX model from `unetseg export` instead")
-    predict.add_argument("--input", type=Path, nargs="+", required=True,
-                         help="image files and/or folders (searched recursively)")
+    predict.add_argument(
+        "--input",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="image files and/or folders (searched recursively)",
+    )
     predict.add_argument("--output", type=Path, required=True, help="folder for the outputs")
     predict.add_argument("--batch-size", type=int, default=4, help="images per forward pass (4)")
-    predict.add_argument("--tta", choices=["none", "flip"], default="none",
-                         help="test-time augmentation: flip averages with the mirrored prediction")
-    predict.add_argument("--sliding-window", action="store_true",
-                         help="tile large images at their own resolution instead of shrinking them")
-    predict.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                         help="where to run (auto)")
+    predict.add_argument(
+        "--tta",
+        choices=["none", "flip"],
+        default="none",
+        help="test-time augmentation: flip averages with the mirrored prediction",
+    )
+    predict.add_argument(
+        "--sliding-window",
+        action="store_true",
+        help="tile large images at their own resolution instead of shrinking them",
+    )
+    predict.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where to run (auto)",
+    )
 
     export = command("export", cmd_export, "export a checkpoint to ONNX (dynamic batch and size)")
     export.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) to export")

@@ -98,7 +98,7 @@ def predict_full_resolution(
     std: Sequence[float],
 ) -> torch.Tensor:
     """Train ids at the image's own resolution: the model at ``size``, logits upsampled."""
-    resized = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    resized = np.array(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
     x = normalise(torch.from_numpy(resized)[None].to(runtime.device), mean, std)
     with runtime.autocast():
         logits = model(runtime.prepare_input(x))
@@ -121,8 +121,7 @@ def evaluate_checkpoint(
     """``unetseg evaluate``: metrics.json, a per-class table, charts and the worst images."""
     from unetseg import viz
     from unetseg.checkpoint import model_from_checkpoint
-    from unetseg.data.cache import load_pair
-    from unetseg.data.io import DataError
+    from unetseg.data.io import read_pair
     from unetseg.data.sources import find_samples
     from unetseg.files import write_json
     from unetseg.runtime import make_runtime
@@ -147,11 +146,9 @@ def evaluate_checkpoint(
         confusion = ConfusionMatrix(class_set.num_classes)
         records = []  # (image mIoU, sample)
         for sample in tqdm(samples, desc=f"evaluate {split} (full res)", disable=not progress):
-            pair = load_pair(sample, class_set, None)
-            if pair.problem:
-                raise DataError(pair.problem)
-            prediction = predict_full_resolution(model, pair.image, size, runtime, mean, std).cpu()
-            truth = torch.from_numpy(pair.mask).long()
+            rgb, _, train_ids = read_pair(sample, class_set)
+            prediction = predict_full_resolution(model, rgb, size, runtime, mean, std).cpu()
+            truth = torch.from_numpy(train_ids).long()
             confusion.update(prediction, truth)
             matrix = per_image_matrices(prediction[None], truth[None], class_set.num_classes)[0]
             records.append((image_miou(matrix.numpy()), sample))
@@ -159,9 +156,9 @@ def evaluate_checkpoint(
         records.sort(key=lambda r: (math.isnan(r[0]), r[0]))
         worst_scores, worst_rows = [r[0] for r in records[:worst]], []
         for _, sample in records[:worst]:  # decode again rather than hold every image in memory
-            pair = load_pair(sample, class_set, None)
-            prediction = predict_full_resolution(model, pair.image, size, runtime, mean, std)
-            worst_rows.append((pair.image, pair.mask, prediction.cpu().numpy().astype(np.uint8)))
+            rgb, _, train_ids = read_pair(sample, class_set)
+            prediction = predict_full_resolution(model, rgb, size, runtime, mean, std)
+            worst_rows.append((rgb, train_ids, prediction.cpu().numpy().astype(np.uint8)))
     else:
         cached = prepare_data(config, class_set, splits=(split,), progress=progress)[split]
         loader = torch.utils.data.DataLoader(cached, batch_size=config.train.batch_size)

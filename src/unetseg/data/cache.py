@@ -12,18 +12,16 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm import tqdm
 
 from unetseg.data.classes import ClassSet
-from unetseg.data.io import DataError, Sample, open_image, read_mask_values, to_rgb
+from unetseg.data.io import DataError, Sample, read_pair, resize_pair
+from unetseg.parallel import parallel_map
 
 CACHE_VERSION = 1
 
@@ -41,65 +39,28 @@ class PreparedPair:
 def load_pair(sample: Sample, class_set: ClassSet, size: tuple[int, int] | None) -> PreparedPair:
     """Decode, check and (if ``size`` = (W, H) is given) resize one pair; never raises DataError."""
     try:
-        if sample.mask is None:
-            raise DataError(f"{sample.image}: no mask found for this image")
-        rgb = to_rgb(open_image(sample.image))
-        values = read_mask_values(sample)
-        if values.shape != rgb.shape[:2]:
-            raise DataError(
-                f"{sample.mask}: mask is {values.shape[1]}x{values.shape[0]} but its image "
-                f"{sample.image.name} is {rgb.shape[1]}x{rgb.shape[0]}"
-            )
-        try:
-            train_ids = class_set.encode(values)
-        except ValueError as error:
-            raise DataError(f"{sample.mask}: {error}") from None
-        has_rare = bool(class_set.rare_values) and bool(
-            np.isin(values, class_set.rare_values).any()
-        )
-        if size is not None:
-            # PIL's bilinear filter widens its support when shrinking, so it averages like area.
-            rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
-            train_ids = np.asarray(
-                Image.fromarray(train_ids).resize(size, Image.Resampling.NEAREST)
-            )
-        return PreparedPair(rgb, train_ids, has_rare)
+        rgb, values, train_ids = read_pair(sample, class_set)
     except DataError as error:
         return PreparedPair(None, None, problem=str(error))
+    has_rare = bool(class_set.rare_values) and bool(np.isin(values, class_set.rare_values).any())
+    if size is not None:
+        rgb, train_ids = resize_pair(rgb, train_ids, size)
+    return PreparedPair(rgb, train_ids, has_rare)
 
 
-def scan_pairs(
-    samples: Sequence[Sample],
-    class_set: ClassSet,
-    size: tuple[int, int] | None,
-    workers: int = 0,
-    description: str = "checking",
-    progress: bool = True,
-) -> Iterator[PreparedPair]:
-    """``load_pair`` over all samples, in order, in parallel over processes, with a progress bar."""
-    workers = workers or min(os.cpu_count() or 1, max(1, len(samples) // 8))
-    bar = tqdm(total=len(samples), desc=description, unit="img", disable=not progress)
-    args = ([class_set] * len(samples), [size] * len(samples))
-    with bar:
-        if workers <= 1:
-            results: Iterator[PreparedPair] = map(load_pair, samples, *args)
-        else:
-            pool = ProcessPoolExecutor(workers)
-            results = pool.map(load_pair, samples, *args, chunksize=4)
-        try:
-            for pair in results:
-                bar.update()
-                yield pair
-        finally:
-            if workers > 1:
-                pool.shutdown(cancel_futures=True)
+def pair_problem(sample: Sample, class_set: ClassSet) -> str | None:
+    """What is wrong with a pair, or None (the decoded arrays stay in the worker)."""
+    return load_pair(sample, class_set, None).problem
 
 
 def check_samples(
     samples: Sequence[Sample], class_set: ClassSet, progress: bool = True
 ) -> list[str]:
     """Every problem of every pair (missing mask, unreadable file, size mismatch, bad value)."""
-    return [p.problem for p in scan_pairs(samples, class_set, None, progress=progress) if p.problem]
+    problems = parallel_map(
+        pair_problem, samples, class_set, description="checking", progress=progress
+    )
+    return [problem for problem in problems if problem]
 
 
 class CachedSplit(torch.utils.data.Dataset):
@@ -191,7 +152,9 @@ def _write_cache(
         folder / "masks.npy", mode="w+", dtype=np.uint8, shape=(len(samples), height, width)
     )
     kept, problems = [], []
-    pairs = scan_pairs(samples, class_set, size, description=f"prepare {name}", progress=progress)
+    pairs = parallel_map(
+        load_pair, samples, class_set, size, description=f"prepare {name}", progress=progress
+    )
     for sample, pair in zip(samples, pairs):
         if pair.problem:
             problems.append(pair.problem)

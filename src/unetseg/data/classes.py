@@ -175,6 +175,8 @@ def load_class_set(name_or_path: str) -> ClassSet:
         )
     try:
         table = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(table, dict):
+            raise ValueError("expected a mapping with a 'classes' list")
         return _class_set_from_table(table, default_name=path.stem)
     except (yaml.YAMLError, KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path}: invalid class table: {error}") from None

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from unetseg.data.classes import cityscapes_color_to_label_id
+from unetseg.data.classes import ClassSet, cityscapes_color_to_label_id
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # Larger declared sizes are refused before decoding (decompression bombs).
@@ -91,6 +91,41 @@ def read_mask_values(sample: Sample) -> np.ndarray:
         bad = np.unique(values[(values > 255) | (values < 0)])[:5].tolist()
         raise DataError(f"{sample.mask}: mask values {bad} outside 0..255")
     return values.astype(np.uint8)
+
+
+def read_train_ids(sample: Sample, class_set: ClassSet) -> tuple[np.ndarray, np.ndarray]:
+    """A sample's mask as (source values, train ids); DataError if missing or not in the table."""
+    if sample.mask is None:
+        raise DataError(f"{sample.image}: no mask found for this image")
+    values = read_mask_values(sample)
+    try:
+        return values, class_set.encode(values)
+    except ValueError as error:
+        raise DataError(f"{sample.mask}: {error}") from None
+
+
+def read_pair(sample: Sample, class_set: ClassSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(RGB image, mask source values, train ids) of a sample, checked to have the same size."""
+    values, train_ids = read_train_ids(sample, class_set)
+    rgb = read_rgb(sample.image)
+    if values.shape != rgb.shape[:2]:
+        raise DataError(
+            f"{sample.mask}: mask is {values.shape[1]}x{values.shape[0]} but its image "
+            f"{sample.image.name} is {rgb.shape[1]}x{rgb.shape[0]}"
+        )
+    return rgb, values, train_ids
+
+
+def resize_pair(
+    rgb: np.ndarray, train_ids: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize to ``size`` = (W, H): bilinear for the image, nearest neighbour for the mask.
+
+    PIL's bilinear filter widens its support when shrinking, so it averages like an area filter.
+    """
+    image = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+    mask = np.asarray(Image.fromarray(train_ids).resize(size, Image.Resampling.NEAREST))
+    return image, mask
 
 
 _COLOR_TABLE = cityscapes_color_to_label_id()

@@ -77,6 +77,7 @@ def train_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        generator=_private_generator(),
     )
 
 
@@ -96,4 +97,11 @@ def val_loader(
         sampler=indices,
         num_workers=workers,
         pin_memory=device.type == "cuda",
+        generator=_private_generator(),
     )
+
+
+def _private_generator() -> torch.Generator:
+    """A loader draws worker seeds from its generator; a private one keeps the global RNG
+    (which drives dropout) untouched, so creating a loader never changes a resumed run."""
+    return torch.Generator().manual_seed(0)

@@ -1,0 +1,198 @@
+"""Looking at a data set before training: class statistics, suggested weights and sample grids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from unetseg.data.classes import IGNORE_INDEX, ClassSet  # noqa: E402
+from unetseg.data.io import DataError, Sample, read_pair, read_train_ids, resize_pair  # noqa: E402
+from unetseg.files import atomic_path  # noqa: E402
+from unetseg.parallel import parallel_map  # noqa: E402
+from unetseg.viz import colorize, legend_strip, save_image  # noqa: E402
+
+
+@dataclass
+class ClassStats:
+    """Pixel counts of one split at the original resolution.
+
+    ``present_pixels[c]`` is the number of labelled (not ignored) pixels of the images in which
+    class ``c`` appears: the denominator of Eigen & Fergus' class frequency.
+    """
+
+    names: list[str]
+    pixels: np.ndarray  # (C,) int64 pixels per train id
+    ignored: int  # pixels mapped to IGNORE_INDEX
+    images: int
+    present_pixels: np.ndarray  # (C,) int64
+
+    @property
+    def total(self) -> int:
+        """All pixels, ignored ones included."""
+        return int(self.pixels.sum()) + self.ignored
+
+    @property
+    def share(self) -> np.ndarray:
+        """Percent of all pixels (ignored included) per class; with ``ignored_share`` sums to 100."""
+        return 100.0 * self.pixels / max(self.total, 1)
+
+    @property
+    def ignored_share(self) -> float:
+        """Percent of all pixels that are ignored."""
+        return 100.0 * self.ignored / max(self.total, 1)
+
+    def median_frequency_weights(self) -> list[float]:
+        """Median-frequency balancing (Eigen & Fergus 2015): ``median(freq) / freq_c``.
+
+        ``freq_c = pixels_c / present_pixels_c``. Ignored pixels count nowhere, as the loss never
+        sees them. The median runs over the classes that occur; a class that never occurs gets
+        weight 0: it contributes no loss anyway, and a finite value keeps the loss usable.
+        """
+        seen = self.pixels > 0
+        freq = np.zeros(len(self.names))
+        freq[seen] = self.pixels[seen] / self.present_pixels[seen]
+        if not seen.any():
+            return [0.0] * len(self.names)
+        median = float(np.median(freq[seen]))
+        weights = np.zeros(len(self.names))
+        weights[seen] = median / freq[seen]
+        return weights.tolist()
+
+
+@dataclass(frozen=True)
+class _MaskCounts:
+    counts: np.ndarray | None  # (C,) pixels per train id
+    ignored: int = 0
+    problem: str | None = None
+
+
+def _count_mask(sample: Sample, class_set: ClassSet) -> _MaskCounts:
+    """Train-id histogram of one mask; problems are returned, not raised (runs in a worker)."""
+    try:
+        _, train_ids = read_train_ids(sample, class_set)
+    except DataError as error:
+        return _MaskCounts(None, problem=str(error))
+    counts = np.bincount(train_ids.ravel(), minlength=256).astype(np.int64)
+    return _MaskCounts(counts[: class_set.num_classes], int(counts[IGNORE_INDEX]))
+
+
+def class_stats(
+    samples: Sequence[Sample], class_set: ClassSet, progress: bool = True
+) -> ClassStats:
+    """Pixel counts per class over the masks of ``samples`` (images are not decoded).
+
+    Raises DataError listing every problem (missing mask, unreadable file, unknown value).
+    """
+    if not samples:
+        raise DataError("class statistics: no samples")
+    classes = class_set.num_classes
+    pixels = np.zeros(classes, dtype=np.int64)
+    present_pixels = np.zeros(classes, dtype=np.int64)
+    ignored, problems = 0, []
+    counted = parallel_map(
+        _count_mask, samples, class_set, description="class stats", unit="mask", progress=progress
+    )
+    for result in counted:
+        if result.counts is None:
+            problems.append(result.problem)
+            continue
+        pixels += result.counts
+        present_pixels[result.counts > 0] += result.counts.sum()
+        ignored += result.ignored
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in the masks:\n" + "\n".join(problems))
+    return ClassStats(list(class_set.names), pixels, ignored, len(samples), present_pixels)
+
+
+def _weights_source(stats: dict[str, ClassStats]) -> tuple[str, ClassStats]:
+    """The split the weights are suggested from: train if present, else the first one."""
+    split = "train" if "train" in stats else next(iter(stats))
+    return split, stats[split]
+
+
+def _check_same_classes(stats: dict[str, ClassStats]) -> list[str]:
+    if not stats:
+        raise ValueError("no splits to compare")
+    names = next(iter(stats.values())).names
+    if any(s.names != names for s in stats.values()):
+        raise ValueError("the splits use different class sets")
+    return names
+
+
+def stats_table(stats: dict[str, ClassStats]) -> str:
+    """A terminal table: class, percent of pixels per split, and weights from the train split."""
+    names = _check_same_classes(stats)
+    source, train = _weights_source(stats)
+    weights = train.median_frequency_weights()
+    width = max(len("(ignored)"), *(len(n) for n in names))
+    weight_header = f"weight ({source})"
+    header = f"{'class':<{width}}" + "".join(f"  {split:>9}" for split in stats)
+    lines = [header + f"  {weight_header:>14}"]
+    for c, name in enumerate(names):
+        shares = "".join(f"  {s.share[c]:8.2f}%" for s in stats.values())
+        lines.append(f"{name:<{width}}{shares}  {weights[c]:14.4f}")
+    ignored = "".join(f"  {s.ignored_share:8.2f}%" for s in stats.values())
+    lines.append(f"{'(ignored)':<{width}}{ignored}")
+    lines.append(f"{'images':<{width}}" + "".join(f"  {s.images:9d}" for s in stats.values()))
+    return "\n".join(lines)
+
+
+def plot_stats(stats: dict[str, ClassStats], path: Path) -> None:
+    """Grouped horizontal bars: percent of pixels per class (and ignored), one bar per split."""
+    names = [*_check_same_classes(stats), "(ignored)"]
+    bar_height = 0.8 / len(stats)
+    figure, axis = plt.subplots(figsize=(7, 0.25 * len(names) * len(stats) + 1.5))
+    rows = np.arange(len(names))
+    for i, (split, s) in enumerate(stats.items()):
+        values = [*s.share.tolist(), s.ignored_share]
+        axis.barh(rows + i * bar_height, values, height=bar_height, label=f"{split} ({s.images})")
+    axis.set_yticks(rows + bar_height * (len(stats) - 1) / 2, names)
+    axis.invert_yaxis()
+    axis.set_xlabel("% of pixels")
+    axis.grid(axis="x", alpha=0.3)
+    axis.legend()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def _sample_row(sample: Sample, class_set: ClassSet, size: tuple[int, int] | None) -> np.ndarray:
+    """image | colour mask of one sample, resized to ``size`` = (W, H) if given."""
+    rgb, _, train_ids = read_pair(sample, class_set)
+    if size is not None:
+        rgb, train_ids = resize_pair(rgb, train_ids, size)
+    return np.concatenate([rgb, colorize(train_ids, class_set)], axis=1)
+
+
+def show_samples(
+    samples: Sequence[Sample],
+    class_set: ClassSet,
+    count: int,
+    path: Path,
+    size: tuple[int, int] | None = None,
+    seed: int = 0,
+) -> Path:
+    """A PNG of ``count`` randomly chosen (seeded) samples: rows of image | colour mask, legend below.
+
+    Every row is resized to ``size`` = (W, H), by default the first chosen image's size.
+    """
+    if not samples or count < 1:
+        raise ValueError("show_samples needs at least one sample and count >= 1")
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(samples), size=min(count, len(samples)), replace=False))
+    rows = []
+    for index in chosen:
+        row = _sample_row(samples[index], class_set, size)
+        size = size or (row.shape[1] // 2, row.shape[0])
+        rows.append(row)
+    grid = np.concatenate(rows, axis=0)
+    grid = np.concatenate([grid, legend_strip(class_set, grid.shape[1])], axis=0)
+    save_image(grid, path)
+    return path

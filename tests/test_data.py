@@ -1,0 +1,387 @@
+"""Tests for finding, checking, caching, augmenting and sampling the data."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cityscapesscripts.helpers.labels import id2label
+from PIL import Image
+
+from unetseg.config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, DataConfig
+from unetseg.data import cache
+from unetseg.data.cache import CachedSplit, check_samples, prepare_split
+from unetseg.data.classes import IGNORE_INDEX, ClassSet, camvid11, cityscapes19, cityscapes24
+from unetseg.data.folders import find_folders
+from unetseg.data.io import DataError, Sample, read_mask_values
+from unetseg.data.loader import StreamBatchSampler
+from unetseg.data.sources import find_samples
+from unetseg.data.transforms import prepare_batch
+
+# ---------------------------------------------------------------- finding samples
+
+
+def test_find_samples_cityscapes_layout(synthetic_root: Path) -> None:
+    data = DataConfig(kind="cityscapes", root=str(synthetic_root))
+    train, val = find_samples(data, "train"), find_samples(data, "val")
+    assert (len(train), len(val)) == (6, 3)
+    for sample in train + val:
+        assert sample.image.name.endswith("_leftImg8bit.png")
+        assert sample.mask is not None and sample.mask.is_file()
+        assert sample.mask.name == sample.image.name.replace("leftImg8bit", "gtFine_labelIds")
+        assert sample.mask_type == "index"
+    assert check_samples(train + val, cityscapes19(), progress=False) == []
+
+
+def test_find_samples_filters_by_file_name(synthetic_root: Path) -> None:
+    data = DataConfig(kind="cityscapes", root=str(synthetic_root), train_filter=["pixelton_*"])
+    train = find_samples(data, "train")
+    assert train and all(s.image.name.startswith("pixelton_") for s in train)
+    assert len(find_samples(data, "val")) == 3  # the train filter leaves val alone
+
+
+def _colorize_label_ids(label_ids: np.ndarray) -> np.ndarray:
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for label_id in np.unique(label_ids):
+        palette[label_id] = id2label[int(label_id)].color
+    return palette[label_ids]
+
+
+def test_colour_masks_decode_to_the_same_train_ids(synthetic_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "colour"
+    originals = {}
+    for sample in find_samples(DataConfig(kind="cityscapes", root=str(synthetic_root)), "train"):
+        city = sample.image.parent.name
+        image = root / "leftImg8bit" / "train" / city / sample.image.name
+        image.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample.image, image)
+        label_ids = read_mask_values(sample)
+        mask = root / "gtFine" / "train" / city / sample.mask.name.replace("labelIds", "color")
+        mask.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_colorize_label_ids(label_ids)).save(mask)
+        originals[image.name] = label_ids
+
+    samples = find_samples(
+        DataConfig(kind="cityscapes", root=str(root), mask_type="color"), "train"
+    )
+    assert len(samples) == 6
+    classes = cityscapes19()
+    for sample in samples:
+        assert sample.mask_type == "color" and sample.mask.name.endswith("_gtFine_color.png")
+        decoded = classes.encode(read_mask_values(sample))
+        assert np.array_equal(decoded, classes.encode(originals[sample.image.name]))
+
+
+def test_colour_mask_with_unknown_colour_is_named(tmp_path: Path) -> None:
+    mask = tmp_path / "odd_gtFine_color.png"
+    rgb = np.zeros((4, 4, 3), dtype=np.uint8)
+    rgb[1, 2] = (1, 2, 3)
+    Image.fromarray(rgb).save(mask)
+    with pytest.raises(DataError, match=r"odd_gtFine_color.png.*\(1, 2, 3\)"):
+        read_mask_values(Sample(image=tmp_path / "odd.png", mask=mask, mask_type="color"))
+
+
+def _write_png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _rgb(height: int = 8, width: int = 12) -> np.ndarray:
+    return np.random.default_rng(height * width).integers(0, 256, (height, width, 3), np.uint8)
+
+
+def test_folders_pair_by_stem(tmp_path: Path) -> None:
+    _write_png(tmp_path / "train" / "a.png", _rgb())
+    Image.fromarray(_rgb()).save(tmp_path / "train" / "b.jpg")
+    _write_png(tmp_path / "train" / "c.png", _rgb())
+    _write_png(tmp_path / "trainannot" / "a.png", np.zeros((8, 12), np.uint8))
+    _write_png(tmp_path / "trainannot" / "b.png", np.ones((8, 12), np.uint8))
+    samples = find_samples(DataConfig(kind="folders", root=str(tmp_path)), "train")
+    assert [(s.image.name, s.mask.name if s.mask else None) for s in samples] == [
+        ("a.png", "a.png"),
+        ("b.jpg", "b.png"),
+        ("c.png", None),
+    ]
+    problems = check_samples(samples, camvid11(), progress=False)
+    assert len(problems) == 1
+    assert "c.png" in problems[0] and "no mask" in problems[0]
+
+
+@pytest.mark.parametrize("split,count", [("train", 367), ("val", 101)])
+def test_camvid_checks_clean(shared_data: Path, split: str, count: int) -> None:
+    root = shared_data / "camvid"
+    if not root.is_dir():
+        pytest.skip("camvid not present")
+    samples = find_folders(root, split)
+    problems = check_samples(samples, camvid11(), progress=False)
+    print(f"camvid {split}: {len(samples)} pairs, {len(problems)} problems")
+    assert len(samples) == count
+    assert all(s.mask is not None and s.mask.name == s.image.name for s in samples)
+    assert problems == []
+
+
+# ---------------------------------------------------------------- naming broken files
+
+
+def _copy_as_folders(samples: list[Sample], root: Path, count: int) -> list[Path]:
+    """The first ``count`` pairs as a folders data set (root/train, root/trainannot)."""
+    names = []
+    for sample in samples[:count]:
+        name = sample.image.name
+        (root / "train").mkdir(parents=True, exist_ok=True)
+        (root / "trainannot").mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample.image, root / "train" / name)
+        shutil.copy(sample.mask, root / "trainannot" / name)
+        names.append(name)
+    return names
+
+
+def _break_three(root: Path, names: list[str]) -> None:
+    """Truncate image 0, remove mask 1, write the value 40 into mask 2."""
+    image = root / "train" / names[0]
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    (root / "trainannot" / names[1]).unlink()
+    mask_path = root / "trainannot" / names[2]
+    mask = np.asarray(Image.open(mask_path)).copy()
+    mask[3:5, 3:5] = 40
+    Image.fromarray(mask).save(mask_path)
+
+
+def _assert_three_named(root: Path, names: list[str], classes: ClassSet) -> None:
+    samples = find_folders(root, "train")
+    assert len(samples) == 5
+    problems = check_samples(samples, classes, progress=False)
+    assert len(problems) == 3, problems
+    truncated, missing, value = sorted(
+        problems, key=lambda p: names.index(Path(p.split(":")[0]).name)
+    )
+    assert names[0] in truncated and "truncated" in truncated
+    assert names[1] in missing and "no mask" in missing
+    assert names[2] in value and "trainannot" in value and "40" in value
+
+
+def test_broken_camvid_copies_are_named(shared_data: Path, tmp_path: Path) -> None:
+    source = shared_data / "camvid"
+    if not source.is_dir():
+        pytest.skip("camvid not present")
+    names = _copy_as_folders(find_folders(source, "train"), tmp_path, 5)
+    _break_three(tmp_path, names)
+    _assert_three_named(tmp_path, names, camvid11())
+
+
+def test_broken_synthetic_copies_are_named(synthetic_root: Path, tmp_path: Path) -> None:
+    samples = find_samples(DataConfig(kind="cityscapes", root=str(synthetic_root)), "train")
+    names = _copy_as_folders(samples, tmp_path, 5)
+    _break_three(tmp_path, names)
+    _assert_three_named(tmp_path, names, cityscapes19())
+
+
+def test_each_bad_file_is_named(tmp_path: Path) -> None:
+    images, masks = tmp_path / "train", tmp_path / "trainannot"
+    for name in ("mismatch", "empty", "notimage", "deep", "deep_ok", "good"):
+        _write_png(images / f"{name}.png", _rgb())
+    _write_png(masks / "mismatch.png", np.zeros((8, 10), np.uint8))
+    (masks / "empty.png").write_bytes(b"")
+    (masks / "notimage.png").write_text("this is not a PNG\n")
+    _write_png(masks / "deep.png", np.full((8, 12), 300, np.uint16))
+    _write_png(masks / "deep_ok.png", np.full((8, 12), 7, np.uint16))
+    _write_png(masks / "good.png", np.full((8, 12), 3, np.uint8))
+
+    problems = check_samples(find_folders(tmp_path, "train"), camvid11(), progress=False)
+    assert len(problems) == 4, problems
+    by_file = {Path(p.split(":")[0]).name: p for p in problems}
+    assert set(by_file) == {"mismatch.png", "empty.png", "notimage.png", "deep.png"}
+    assert "10x8" in by_file["mismatch.png"] and "12x8" in by_file["mismatch.png"]
+    assert "0 bytes" in by_file["empty.png"]
+    assert "not an image" in by_file["notimage.png"]
+    assert "300" in by_file["deep.png"]
+    assert all(str(masks) in p for p in problems)
+
+
+# ---------------------------------------------------------------- the training cache
+
+
+@pytest.fixture
+def synthetic_train(synthetic_root: Path) -> list[Sample]:
+    return find_samples(DataConfig(kind="cityscapes", root=str(synthetic_root)), "train")
+
+
+def test_prepare_split_arrays(synthetic_train: list[Sample], tmp_path: Path) -> None:
+    classes = cityscapes19()
+    split = prepare_split(synthetic_train, classes, (64, 32), tmp_path, "train", progress=False)
+    assert split.images.shape == (6, 32, 64, 3) and split.images.dtype == np.uint8
+    assert split.masks.shape == (6, 32, 64) and split.masks.dtype == np.uint8
+    assert split.sources == [str(s.image) for s in synthetic_train]
+    for i, sample in enumerate(synthetic_train):
+        source_ids = set(np.unique(classes.encode(read_mask_values(sample))).tolist())
+        assert set(np.unique(split.masks[i]).tolist()) <= source_ids
+        image, mask = split[i]
+        assert image.shape == (32, 64, 3) and mask.shape == (32, 64)
+    # Nearest resizing by exactly 2 keeps one source pixel of every 2x2 block.
+    full = classes.encode(read_mask_values(synthetic_train[0]))
+    agree = np.mean(split.masks[0] == full[::2, ::2]) + np.mean(split.masks[0] == full[1::2, 1::2])
+    assert agree > 0.9
+
+
+def test_prepare_split_reuses_and_keys_its_cache(
+    synthetic_train: list[Sample], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def prepare(classes: ClassSet, size: tuple[int, int]) -> CachedSplit:
+        return prepare_split(synthetic_train, classes, size, tmp_path, "train", progress=False)
+
+    first = prepare(cityscapes19(), (64, 32))
+    stamp = (first.folder / "images.npy").stat().st_mtime_ns
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a cached split was decoded again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cache, "parallel_map", no_decoding)
+        again = prepare(cityscapes19(), (64, 32))
+    assert again.folder == first.folder
+    assert (again.folder / "images.npy").stat().st_mtime_ns == stamp
+    assert np.array_equal(again.masks, first.masks)
+    resized, other = prepare(cityscapes19(), (32, 16)), prepare(cityscapes24(), (64, 32))
+    assert len({first.folder, resized.folder, other.folder}) == 3
+    assert resized.masks.shape == (6, 16, 32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f.folder.name for f in (first, resized, other)
+    )
+
+
+def test_prepare_split_failure_leaves_nothing(
+    synthetic_train: list[Sample], tmp_path: Path
+) -> None:
+    samples = [*synthetic_train[:3], Sample(synthetic_train[3].image, None), *synthetic_train[4:]]
+    cache_root = tmp_path / "cache"
+    with pytest.raises(DataError, match=synthetic_train[3].image.name):
+        prepare_split(samples, cityscapes19(), (64, 32), cache_root, "train", progress=False)
+    assert list(cache_root.iterdir()) == []
+
+
+# ---------------------------------------------------------------- augmentation
+
+COLOURS = torch.tensor([[230, 20, 20], [20, 230, 20], [20, 20, 230]], dtype=torch.uint8)
+
+
+def _coded_batch(
+    n: int = 6, height: int = 64, width: int = 96
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose colour encodes the mask: class k is painted COLOURS[k]; diagonal bands."""
+    rows = torch.arange(height).view(-1, 1) // 16
+    cols = torch.arange(width).view(1, -1) // 24
+    masks = torch.stack([(rows + cols + i) % 3 for i in range(n)]).to(torch.uint8)
+    return COLOURS[masks.long()], masks
+
+
+def _interior(mask: np.ndarray, value: int) -> np.ndarray:
+    """Pixels of ``mask`` equal to ``value`` whose 5x5 neighbourhood is all ``value``."""
+    padded = np.pad(mask == value, 2, constant_values=False)
+    height, width = mask.shape
+    inside = np.ones_like(mask, dtype=bool)
+    for dy, dx in itertools.product(range(5), range(5)):
+        inside &= padded[dy : dy + height, dx : dx + width]
+    return inside
+
+
+def test_prepare_batch_without_augmentation_is_normalise_and_long() -> None:
+    images, masks = _coded_batch()
+    expected = images.permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    for augment in (None, AugmentConfig(enabled=False)):
+        x, y = prepare_batch(images, masks, IMAGENET_MEAN, IMAGENET_STD, augment)
+        assert x.shape == (6, 3, 64, 96) and x.dtype == torch.float32
+        torch.testing.assert_close(x, (expected - mean) / std, rtol=0, atol=1e-6)
+        assert y.dtype == torch.int64 and torch.equal(y, masks.long())
+
+
+def test_augmentation_keeps_mask_aligned() -> None:
+    images, masks = _coded_batch()
+    augment = AugmentConfig(scale_min=0.6, scale_max=1.4)
+    generator = torch.Generator().manual_seed(3)
+    x, y = prepare_batch(images, masks, IMAGENET_MEAN, IMAGENET_STD, augment, generator)
+    assert x.shape == (6, 3, 64, 96) and y.shape == (6, 64, 96) and y.dtype == torch.int64
+    assert set(torch.unique(y).tolist()) <= {0, 1, 2, IGNORE_INDEX}
+    assert (y == IGNORE_INDEX).any(), "scales below 1 should bring in padding"
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    colour = (x * std + mean).argmax(dim=1).numpy()  # jitter keeps the dominant channel
+    for i in range(len(x)):
+        target = y[i].numpy()
+        for k in range(3):
+            inside = _interior(target, k)
+            assert inside.sum() > 20
+            assert (colour[i][inside] == k).all(), f"image {i}: class {k} lost its colour"
+        padded = _interior(target, IGNORE_INDEX)
+        assert (x[i].abs().amax(dim=0).numpy()[padded] == 0).all()  # padding is normalised 0
+        blank = _interior((x[i].abs().amax(dim=0) == 0).numpy().astype(np.uint8), 1)
+        assert (target[blank] == IGNORE_INDEX).all()
+
+
+def test_augmentation_is_reproducible() -> None:
+    images, masks = _coded_batch()
+    runs = [
+        prepare_batch(
+            images,
+            masks,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            AugmentConfig(),
+            torch.Generator().manual_seed(s),
+        )
+        for s in (11, 11, 12)
+    ]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert not torch.equal(runs[0][0], runs[2][0])
+
+
+def test_flip_only_mirrors_exactly() -> None:
+    _, masks = _coded_batch(n=8)
+    images = torch.from_numpy(np.stack([_rgb(64, 96) for _ in range(8)]))  # any content
+    flip_only = AugmentConfig(scale_min=1.0, scale_max=1.0, brightness=0, contrast=0, saturation=0)
+    generator = torch.Generator().manual_seed(0)
+    x, y = prepare_batch(images, masks, IMAGENET_MEAN, IMAGENET_STD, flip_only, generator)
+    plain, _ = prepare_batch(images, masks, IMAGENET_MEAN, IMAGENET_STD)
+    flipped = [not torch.equal(y[i], masks[i].long()) for i in range(8)]
+    assert any(flipped) and not all(flipped)
+    for i in range(8):
+        if flipped[i]:
+            assert torch.equal(y[i], masks[i].long().flip(-1))
+            # Grid coordinates carry float rounding; 1e-4 is far below one grey level (~0.017).
+            torch.testing.assert_close(x[i], plain[i].flip(-1), rtol=0, atol=1e-4)
+        else:
+            torch.testing.assert_close(x[i], plain[i], rtol=0, atol=1e-4)
+
+
+# ---------------------------------------------------------------- the batch stream
+
+
+def _batches(sampler: StreamBatchSampler, count: int) -> list[list[int]]:
+    return list(itertools.islice(iter(sampler), count))
+
+
+def test_stream_resumes_exactly() -> None:
+    full = _batches(StreamBatchSampler(10, 3, seed=4), 20)
+    for start in (1, 3, 7, 19):
+        assert _batches(StreamBatchSampler(10, 3, seed=4, start=start), 20 - start) == full[start:]
+
+
+def test_two_ranks_equal_one_rank_with_double_batch() -> None:
+    single = _batches(StreamBatchSampler(11, 6, seed=2), 12)
+    ranks = [_batches(StreamBatchSampler(11, 3, seed=2, rank=r, world_size=2), 12) for r in (0, 1)]
+    assert [a + b for a, b in zip(*ranks)] == single
+
+
+def test_every_epoch_covers_every_sample_once() -> None:
+    size = 10
+    stream = [i for batch in _batches(StreamBatchSampler(size, 3, seed=9), 20) for i in batch]
+    epochs = [stream[e * size : (e + 1) * size] for e in range(len(stream) // size)]
+    assert len(epochs) == 6
+    assert all(sorted(epoch) == list(range(size)) for epoch in epochs)
+    assert len({tuple(epoch) for epoch in epochs}) > 1  # a fresh order per epoch

@@ -1,0 +1,246 @@
+"""Tests for inference on image files: sizes, formats, outputs, TTA and sliding windows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from unetseg.checkpoint import FORMAT, build_model, save_checkpoint
+from unetseg.config import from_dict
+from unetseg.data.classes import ClassSet, camvid11, cityscapes19
+from unetseg.predict import (
+    Predictor,
+    _upsample_argmax,
+    inference_size,
+    predict_image,
+    predict_paths,
+)
+
+TRAIN_SIZE = (64, 32)  # (W, H)
+CITYSCAPES_LABEL_IDS = set(cityscapes19().label_ids or ())
+
+
+def make_checkpoint(path: Path, class_set: ClassSet, constant_class: int | None = None) -> Path:
+    """A width-4 checkpoint with random weights (or a head that always predicts one class)."""
+    torch.manual_seed(0)
+    config = from_dict({"model": {"width": 4}, "data": {"size": list(TRAIN_SIZE)}})
+    model = build_model(config, class_set.num_classes)
+    if constant_class is not None:
+        with torch.no_grad():
+            model.head.weight.zero_()
+            model.head.bias.zero_()
+            model.head.bias[constant_class] = 5.0
+    state = {
+        "format": FORMAT,
+        "step": 0,
+        "model": model.state_dict(),
+        "config": config.to_dict(),
+        "class_set": class_set.to_dict(),
+    }
+    save_checkpoint(state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    path = make_checkpoint(tmp_path_factory.mktemp("ckpt") / "final.pt", cityscapes19())
+    return Predictor.from_checkpoint(path, device="cpu")
+
+
+def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth random colours (blocks), so that predictions are not pure noise."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(1, height // 8), max(1, width // 8), 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def outputs_of(folder: Path, stem: str, ids: str = "labelIds") -> tuple[Path, Path, Path]:
+    return (
+        folder / f"{stem}_color.png",
+        folder / f"{stem}_overlay.jpg",
+        folder / f"{stem}_{ids}.png",
+    )
+
+
+def check_outputs(folder: Path, stem: str, size: tuple[int, int]) -> None:
+    """Colour, overlay (JPEG) and label-id masks exist at ``size`` (W, H) with valid ids."""
+    color, blend, ids = outputs_of(folder, stem)
+    with Image.open(color) as image:
+        assert (image.format, image.size) == ("PNG", size)
+    with Image.open(blend) as image:
+        assert (image.format, image.size) == ("JPEG", size)
+    with Image.open(ids) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "L", size)
+        assert set(np.unique(np.asarray(image)).tolist()) <= CITYSCAPES_LABEL_IDS
+
+
+@pytest.mark.parametrize(
+    ("image_size", "train_size", "expected"),
+    [
+        ((2048, 1024), (512, 256), (512, 256)),  # same aspect: exactly the training size
+        ((512, 256), (512, 256), (512, 256)),
+        ((1920, 1080), (512, 256), (480, 272)),  # 482.7 x 271.5 rounded
+        ((1080, 1920), (512, 256), (272, 480)),  # portrait
+        ((100, 100), (512, 256), (368, 368)),  # upscaled: side sqrt(131072) = 362.0
+        ((4000, 10), (64, 32), (912, 16)),  # 905.1 x 2.3: the short side at least 16
+    ],
+)
+def test_inference_size(
+    image_size: tuple[int, int], train_size: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    width, height = inference_size(*image_size, train_size)
+    assert (width, height) == expected
+    assert width % 16 == 0 and height % 16 == 0
+    if min(expected) > 16:
+        assert abs(width * height / (train_size[0] * train_size[1]) - 1) < 0.1
+
+
+def test_predicts_mixed_folder_at_original_sizes(predictor: Predictor, tmp_path: Path) -> None:
+    inputs, output = tmp_path / "in", tmp_path / "out"
+    (inputs / "sub").mkdir(parents=True)
+    Image.fromarray(random_image(1080, 1920)).save(inputs / "big.jpg", quality=85)
+    rgba = np.dstack([random_image(177, 300), np.full((177, 300), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(inputs / "sub" / "rgba.png")
+    Image.fromarray(random_image(40, 50)[..., 0], "L").save(inputs / "sub" / "gray.png")
+    corrupt = inputs / "corrupt.png"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(500))
+
+    report = predict_paths([inputs], output, predictor, batch_size=2, progress=False)
+
+    check_outputs(output, "big", (1920, 1080))
+    check_outputs(output / "sub", "rgba", (300, 177))
+    check_outputs(output / "sub", "gray", (50, 40))
+    assert report.written == [
+        output / "big_color.png",
+        output / "sub" / "gray_color.png",
+        output / "sub" / "rgba_color.png",
+    ]
+    assert len(report.failed) == 1
+    assert report.failed[0][0] == corrupt and "corrupt.png" in report.failed[0][1]
+    assert not list(output.rglob(".*"))  # no temporary files left
+
+
+def test_same_names_in_subfolders_do_not_collide(predictor: Predictor, tmp_path: Path) -> None:
+    for sub, seed in (("a", 1), ("b", 2)):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        Image.fromarray(random_image(32, 48, seed)).save(tmp_path / "in" / sub / "x.png")
+    report = predict_paths([tmp_path / "in"], tmp_path / "out", predictor, progress=False)
+    assert not report.failed
+    for sub in ("a", "b"):
+        check_outputs(tmp_path / "out" / sub, "x", (48, 32))
+
+
+def test_same_stem_with_two_extensions_fails_the_second(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    Image.fromarray(random_image(32, 48)).save(tmp_path / "x.png")
+    Image.fromarray(random_image(32, 48)).save(tmp_path / "x.jpg")
+    report = predict_paths([tmp_path], tmp_path / "out", predictor, progress=False)
+    assert len(report.written) == 1
+    assert [source.name for source, _ in report.failed] == ["x.png"]
+    assert "already claimed by" in report.failed[0][1]
+
+
+def test_exif_orientation_gives_the_rotated_size(predictor: Predictor, tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise for display
+    Image.fromarray(random_image(30, 70)).save(tmp_path / "photo.jpg", exif=exif)
+    report = predict_paths([tmp_path / "photo.jpg"], tmp_path / "out", predictor, progress=False)
+    assert not report.failed
+    check_outputs(tmp_path / "out", "photo", (30, 70))
+
+
+def test_16_bit_grayscale(predictor: Predictor, tmp_path: Path) -> None:
+    values = np.linspace(0, 65535, 40 * 60).reshape(40, 60).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "depth.png")
+    with Image.open(tmp_path / "depth.png") as image:
+        assert image.mode == "I;16"
+    report = predict_paths([tmp_path / "depth.png"], tmp_path / "out", predictor, progress=False)
+    assert not report.failed
+    check_outputs(tmp_path / "out", "depth", (60, 40))
+
+
+def test_never_overwrites_an_input(predictor: Predictor, tmp_path: Path) -> None:
+    Image.fromarray(random_image(32, 48, 1)).save(tmp_path / "a.png")
+    Image.fromarray(random_image(32, 48, 2)).save(tmp_path / "a_color.png")
+    before = (tmp_path / "a_color.png").read_bytes()
+
+    report = predict_paths([tmp_path], tmp_path, predictor, progress=False)
+
+    assert (tmp_path / "a_color.png").read_bytes() == before
+    assert [source.name for source, _ in report.failed] == ["a.png"]
+    assert "would overwrite input" in report.failed[0][1]
+    assert not (tmp_path / "a_overlay.jpg").exists()
+    assert report.written == [tmp_path / "a_color_color.png"]
+
+
+def test_non_cityscapes_class_set_writes_train_ids(tmp_path: Path) -> None:
+    checkpoint = make_checkpoint(tmp_path / "camvid.pt", camvid11())
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    Image.fromarray(random_image(32, 48)).save(tmp_path / "road.png")
+    report = predict_paths([tmp_path / "road.png"], tmp_path / "out", predictor, progress=False)
+    assert not report.failed
+    assert not (tmp_path / "out" / "road_labelIds.png").exists()
+    with Image.open(tmp_path / "out" / "road_trainIds.png") as image:
+        assert (image.mode, image.size) == ("L", (48, 32))
+        assert np.asarray(image).max() < camvid11().num_classes
+
+
+@pytest.mark.parametrize("size", [(70, 100), (40, 200), (10, 20), (5, 5)])
+@pytest.mark.parametrize(("tta", "sliding"), [(True, False), (False, True), (True, True)])
+def test_tta_and_sliding_window_sizes_and_values(
+    predictor: Predictor, size: tuple[int, int], tta: bool, sliding: bool
+) -> None:
+    mask = predict_image(predictor, random_image(*size), tta=tta, sliding_window=sliding)
+    assert mask.shape == size and mask.dtype == np.uint8
+    assert mask.max() < predictor.class_set.num_classes
+
+
+def test_sliding_window_on_one_window_equals_the_plain_prediction(predictor: Predictor) -> None:
+    image = random_image(TRAIN_SIZE[1], TRAIN_SIZE[0])
+    plain = predict_image(predictor, image)
+    assert np.array_equal(predict_image(predictor, image, sliding_window=True), plain)
+
+
+def test_tta_of_a_constant_model_is_that_constant(tmp_path: Path) -> None:
+    checkpoint = make_checkpoint(tmp_path / "c.pt", cityscapes19(), constant_class=7)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    image = random_image(50, 90)
+    plain = predict_image(predictor, image)
+    assert (plain == 7).all()
+    assert np.array_equal(predict_image(predictor, image, tta=True), plain)
+    assert np.array_equal(predict_image(predictor, image, tta=True, sliding_window=True), plain)
+
+
+def test_tta_prediction_is_mirror_symmetric(predictor: Predictor) -> None:
+    image = random_image(64, 128, seed=3)
+    mirrored = np.ascontiguousarray(image[:, ::-1])
+    with_tta = predict_image(predictor, image, tta=True)
+    assert (predict_image(predictor, mirrored, tta=True)[:, ::-1] == with_tta).mean() > 0.995
+
+
+def test_upsampling_matches_bilinear_interpolation() -> None:
+    scores = torch.randn(5, 17, 23, generator=torch.Generator().manual_seed(0))
+    reference = F.interpolate(scores[None], size=(300, 410), mode="bilinear", align_corners=False)
+    mask = _upsample_argmax(scores, 300, 410)
+    assert mask.shape == (300, 410)
+    assert (mask == reference[0].argmax(0)).float().mean() > 0.999
+
+
+def test_results_inside_the_input_folder_are_not_inputs(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    Image.fromarray(random_image(32, 48)).save(tmp_path / "a.png")
+    for _ in range(2):  # the second run must not segment the first run's results
+        report = predict_paths([tmp_path], tmp_path / "pred", predictor, progress=False)
+        assert report.written == [tmp_path / "pred" / "a_color.png"] and not report.failed
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == [
+        "a_color.png",
+        "a_labelIds.png",
+        "a_overlay.jpg",
+    ]

@@ -1,0 +1,203 @@
+"""The training loop on tiny synthetic data: files written, exact resume, DDP, faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from unetseg.checkpoint import load_checkpoint
+from unetseg.config import load_config
+from unetseg.train import Trainer, TrainingError, TrainingInterrupted, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_overrides(root: Path, cache: Path, **extra: object) -> list[str]:
+    """A seconds-long run: width-4 U-Net at 64x32, batch 2."""
+    values = {
+        "data.root": root,
+        "data.cache_dir": cache,
+        "data.size": "[64,32]",
+        "model.width": 4,
+        "train.batch_size": 2,
+        "train.accum_steps": 2,
+        "train.training_iterations": 6,
+        "train.eval_interval": 3,
+        "train.eval_iterations": 1,
+        "train.save_model_interval": 2,
+        "train.snapshot_interval": 3,
+        "train.snapshot_images": 2,
+        "train.warmup_steps": 2,
+        "train.base_lr": 0.01,
+        "train.min_lr": 0.001,
+        "train.decay": "cosine",
+        "train.precision": "fp32",
+        **extra,
+    }
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "final.pt")["model"]
+
+
+def test_a_run_writes_every_output(synthetic_root, tmp_path):
+    config = load_config(None, tiny_overrides(synthetic_root, tmp_path / "cache"))
+    result = train(config, tmp_path / "run", progress=False)
+    run = result.run_dir
+    for name in (
+        "config.yaml",
+        "schedule.png",
+        "log.jsonl",
+        "eval.jsonl",
+        "curves_loss.png",
+        "curves_miou.png",
+        "best.pt",
+        "final.pt",
+        "model.safetensors",
+        "model.json",
+        "metrics.json",
+        "snapshots/step_0000003.png",
+    ):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == [
+        "step_0000002.pt",
+        "step_0000004.pt",
+        "step_0000006.pt",
+    ]
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "ce", "dice", "lr", "grad_norm", "images_per_s", "memory_mb"} <= set(rows[0])
+    assert all(r["loss"] == pytest.approx(r["ce"] + r["dice"], rel=1e-5) for r in rows)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["miou"] <= 1.0 and set(metrics["per_class"]) >= {"road", "sky"}
+    state = load_checkpoint(run / "final.pt")
+    assert state["step"] == 6 and state["class_set"]["name"] == "cityscapes19"
+
+
+def test_resume_after_an_interrupt_is_bit_identical(synthetic_root, tmp_path, monkeypatch):
+    overrides = tiny_overrides(synthetic_root, tmp_path / "cache", **{"model.dropout": 0.2})
+    config = load_config(None, overrides)
+    train(config, tmp_path / "straight", progress=False)
+
+    original_step = Trainer.train_step
+
+    def interrupt_at_step_3(self, batches):
+        stats = original_step(self, batches)
+        if self.step == 2:  # becomes step 3 in the loop, then SIGINT is honoured
+            os.kill(os.getpid(), signal.SIGINT)
+        return stats
+
+    monkeypatch.setattr(Trainer, "train_step", interrupt_at_step_3)
+    with pytest.raises(TrainingInterrupted, match="SIGINT received: saved .*step_0000003.pt"):
+        train(config, tmp_path / "stopped", progress=False)
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    train(config, tmp_path / "stopped", resume=True, progress=False)
+
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "stopped")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_resume_skips_a_corrupt_latest_checkpoint(synthetic_root, tmp_path, capsys):
+    config = load_config(None, tiny_overrides(synthetic_root, tmp_path / "cache"))
+    run = tmp_path / "run"
+    train(config, run, progress=False)
+    latest = run / "checkpoints" / "step_0000006.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])  # as after a power cut
+    trainer = Trainer(config, run, resume=True, progress=False)
+    assert trainer.step == 4
+    assert "step_0000006.pt: checksum mismatch" in capsys.readouterr().err
+
+
+def test_repeated_non_finite_loss_stops_naming_the_step(synthetic_root, tmp_path, monkeypatch):
+    config = load_config(
+        None, tiny_overrides(synthetic_root, tmp_path / "cache", **{"train.max_nonfinite_steps": 2})
+    )
+    original_forward = torch.nn.Module.__call__
+
+    def poisoned(self, *args, **kwargs):
+        out = original_forward(self, *args, **kwargs)
+        if type(self).__name__ == "SegmentationLoss":
+            return out[0] * float("nan"), out[1]
+        return out
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", poisoned)
+    with pytest.raises(TrainingError, match=r"2 steps in a row \(last at step 1\).*none"):
+        train(config, tmp_path / "run", progress=False)
+
+
+def test_original_recipe_runs_a_few_steps(synthetic_root, tmp_path):
+    overrides = [
+        "data.kind=synthetic",
+        f"data.root={synthetic_root}",
+        f"data.cache_dir={tmp_path / 'c'}",
+        "data.size=[64,32]",
+        "model.width=4",
+        "train.batch_size=2",
+        "train.accum_steps=2",
+        "train.training_iterations=2",
+        "train.eval_interval=1",
+        "train.eval_iterations=1",
+    ]
+    config = load_config(REPO / "configs" / "original_recipe.yaml", overrides)
+    assert config.data.class_set == "cityscapes24" and config.train.decay == "original"
+    result = train(config, tmp_path / "run", progress=False)
+    assert len(result.metrics["per_class"]) == 24
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_two_process_ddp_equals_one_process_with_the_global_batch(synthetic_root, tmp_path):
+    common = tiny_overrides(
+        synthetic_root,
+        tmp_path / "cache",
+        **{
+            "model.dropout": 0.0,
+            "augment.enabled": "false",
+            "train.training_iterations": 3,
+            "train.sync_batchnorm": "true",
+            "train.eval_interval": 3,
+        },
+    )
+    single = load_config(None, [*common, "train.batch_size=4"])
+    train(single, tmp_path / "single", progress=False)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "unetseg.cli",
+        "train",
+        "--out",
+        str(tmp_path / "ddp"),
+        *common,
+        "train.batch_size=2",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    one, two = final_weights(tmp_path / "single"), final_weights(tmp_path / "ddp")
+    for key in one:
+        if one[key].is_floating_point():
+            # Adam turns ~1e-7 gradient differences into up to ~1e-5 weight differences at lr 1e-2.
+            assert torch.allclose(one[key], two[key], atol=1e-4, rtol=0), key
+    changed = any(
+        not torch.equal(a, b)
+        for a, b in zip(
+            one.values(),
+            load_checkpoint(tmp_path / "single" / "checkpoints" / "step_0000002.pt")[
+                "model"
+            ].values(),
+        )
+    )
+    assert changed  # the comparison is between trained weights, not two initialisations
