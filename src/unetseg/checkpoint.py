@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -49,20 +50,51 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load and verify a checkpoint; CheckpointError if it is missing, corrupt or foreign."""
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    _check_archive_header(path)
     checksum = path.with_name(path.name + ".sha256")
-    if checksum.is_file() and checksum.read_text().strip() != sha256_of(path):
-        raise CheckpointError(f"{path}: checksum mismatch (truncated or corrupted file)")
+    if checksum.is_file():
+        if checksum.read_text().strip() != sha256_of(path):
+            raise CheckpointError(f"{path}: checksum mismatch (truncated or corrupted file)")
+    else:  # no checksum beside it (copied alone, or killed before it was written): zip CRCs
+        _check_archive_crcs(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).splitlines()[0]
-        raise CheckpointError(f"{path}: refused to unpickle unsafe content ({first})") from None
+        # Not torch's text: it suggests weights_only=False, i.e. running the file's code.
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f"it would import {found.group(1)}" if found else "it holds non-tensor objects"
+        raise CheckpointError(
+            f"{path}: refused to load: {what}; a checkpoint may hold only tensors and plain data"
+        ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a unetseg checkpoint (no {FORMAT!r} marker)")
+    missing = [key for key in ("model", "config", "class_set") if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint (no {', '.join(missing)})")
     return state
+
+
+def _check_archive_header(path: Path) -> None:
+    """torch.save writes a zip archive; anything else (JSON, a plain pickle) is not ours."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head != b"PK\x03\x04":
+        what = "an empty file" if not head else "not a zip archive as torch.save writes"
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({what})")
+
+
+def _check_archive_crcs(path: Path) -> None:
+    """Every member's CRC (torch.load checks none: a flipped byte loads as a wrong weight)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise CheckpointError(f"{path}: truncated or corrupted archive ({error})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: corrupted archive (CRC mismatch in {bad})")
 
 
 def checkpoint_paths(run_dir: Path) -> list[Path]:

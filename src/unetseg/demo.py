@@ -34,6 +34,7 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Path]:
     """Run the demo into ``out``; returns (and prints) where each output lies."""
     from unetseg.evaluate import evaluate_checkpoint
     from unetseg.predict import Predictor, predict_paths
+    from unetseg.report import write_report
     from unetseg.train import train
 
     started = time.perf_counter()
@@ -52,6 +53,7 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Path]:
     val_images = sorted((out / "data" / "leftImg8bit" / config.data.val_split).rglob("*.png"))[:4]
     predictions = out / "predictions"
     predict_paths(val_images, predictions, Predictor.from_checkpoint(checkpoint))
+    report = write_report(run_dir, {"predictions": predictions})
     outputs = {
         "run folder": run_dir,
         "checkpoint": checkpoint,
@@ -61,6 +63,7 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Path]:
         "loss curves": run_dir / "curves_loss.png",
         "snapshots": run_dir / "snapshots",
         "predictions": predictions,
+        "report": report,
     }
     miou = evaluation["metrics"]["miou"]
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; val mIoU {miou:.3f}")

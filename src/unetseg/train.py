@@ -4,7 +4,7 @@ One run writes everything into one folder:
 ``config.yaml``, ``schedule.png``, ``log.jsonl`` (a row per logged step), ``eval.jsonl`` (a row per
 evaluation), ``curves_loss.png`` / ``curves_miou.png``, ``snapshots/step_N.png``,
 ``checkpoints/step_N.pt`` (+ ``.sha256``), ``best.pt``, ``final.pt``, ``model.safetensors`` (+ ``.json``)
-and ``metrics.json`` (the final full evaluation on the validation split).
+``metrics.json`` (the final full evaluation on the validation split) and ``report.html``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from unetseg.data.transforms import prepare_batch
 from unetseg.evaluate import evaluate_model
 from unetseg.files import write_json
 from unetseg.losses import SegmentationLoss
+from unetseg.report import write_report
 from unetseg.runtime import Runtime, barrier, make_runtime, shutdown
 from unetseg.schedule import Schedule
 from unetseg.syncbn import convert_sync_batchnorm
@@ -502,6 +503,7 @@ def _finish(trainer: Trainer, log: RunLog) -> TrainResult:
         )
         write_json(run_dir / "metrics.json", metrics)
         trainer.snapshot()
+        write_report(run_dir)
     log.close()
     best = run_dir / "best.pt"
     return TrainResult(run_dir, final, best if best.is_file() else None, metrics)

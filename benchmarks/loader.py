@@ -1,0 +1,98 @@
+"""Is data loading ever the bottleneck? Loader rate vs. training rate at 512x256, side by side.
+
+    python benchmarks/loader.py [--width 64] [--batch 4] [--repeats 5]
+
+The loader rate covers what an epoch does besides the model: reading cached uint8 batches through
+the DataLoader and the default augmentation (colour jitter, scale/crop/flip, normalisation). The
+training rate is the real ``Trainer.train_step`` of the width-64 U-Net with the default precision
+and layout. The last line is JSON: loader_img_s, train_img_s, ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine, median_rate  # noqa: E402
+
+from unetseg.config import load_config  # noqa: E402
+from unetseg.data.loader import StreamBatchSampler, train_loader  # noqa: E402
+from unetseg.data.transforms import prepare_batch  # noqa: E402
+from unetseg.train import Trainer, step_generator  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=64, help="U-Net width (64)")
+    parser.add_argument("--batch", type=int, default=4, help="batch size (4)")
+    parser.add_argument("--size", default="512x256", help="WIDTHxHEIGHT (512x256)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (5)")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-bench")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.split("x"))
+    config = load_config(
+        None,
+        [
+            f"data.root={args.work / f'synthetic_{width}x{height}'}",
+            f"data.cache_dir={args.work / 'cache'}",
+            f"data.size=[{width},{height}]",
+            "data.synthetic_train=64",
+            "data.synthetic_val=4",
+            f"model.width={args.width}",
+            f"train.batch_size={args.batch}",
+            "train.accum_steps=1",
+            "train.training_iterations=1000000",
+        ],
+    )
+    trainer = Trainer(config, args.work / "run", resume=False, progress=False)
+    dataset, rt = trainer.data["train"], trainer.rt
+    sampler = StreamBatchSampler(len(dataset), args.batch, seed=0)
+    batches = iter(train_loader(dataset, sampler, trainer.workers, rt.device))
+    counter = itertools.count()
+
+    def load_batches() -> int:
+        for _ in range(8):
+            images, masks = next(batches)
+            x, y = prepare_batch(
+                images.to(rt.device),
+                masks.to(rt.device),
+                config.data.mean,
+                config.data.std,
+                config.augment,
+                step_generator(0, next(counter), 0, 0),
+            )
+        return 8 * args.batch
+
+    def train_steps() -> int:
+        trainer.train_step(batches)
+        return args.batch
+
+    loader_rate = median_rate(load_batches, args.repeats)
+    train_rate = median_rate(train_steps, args.repeats)
+    ratio = loader_rate / train_rate
+    print(
+        f"machine: {machine()}; width {args.width}, batch {args.batch}, {width}x{height}, "
+        f"precision {rt.amp_dtype}, channels_last {rt.channels_last}, workers {trainer.workers}"
+    )
+    print(f"loader (cache + augmentation): {loader_rate:9.2f} img/s")
+    print(f"training (train_step):         {train_rate:9.2f} img/s")
+    print(f"ratio loader / training:       {ratio:9.1f}x")
+    print(
+        json.dumps(
+            {
+                "loader_img_s": round(loader_rate, 2),
+                "train_img_s": round(train_rate, 3),
+                "ratio": round(ratio, 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
