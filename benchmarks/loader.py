@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, median_rate  # noqa: E402
+from common import Output, alternating_rates, machine  # noqa: E402
 
 from unetseg.config import load_config  # noqa: E402
 from unetseg.data.loader import StreamBatchSampler, train_loader  # noqa: E402
@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--size", default="512x256", help="WIDTHxHEIGHT (512x256)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (5)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-bench")
+    parser.add_argument("--record", type=Path, help="append the output to this results file")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     config = load_config(
@@ -73,17 +74,18 @@ def main() -> None:
         trainer.train_step(batches)
         return args.batch
 
-    loader_rate = median_rate(load_batches, args.repeats)
-    train_rate = median_rate(train_steps, args.repeats)
+    rates = alternating_rates({"loader": load_batches, "train": train_steps}, args.repeats, 2)
+    loader_rate, train_rate = rates["loader"], rates["train"]
     ratio = loader_rate / train_rate
-    print(
+    out = Output()
+    out(
         f"machine: {machine()}; width {args.width}, batch {args.batch}, {width}x{height}, "
         f"precision {rt.amp_dtype}, channels_last {rt.channels_last}, workers {trainer.workers}"
     )
-    print(f"loader (cache + augmentation): {loader_rate:9.2f} img/s")
-    print(f"training (train_step):         {train_rate:9.2f} img/s")
-    print(f"ratio loader / training:       {ratio:9.1f}x")
-    print(
+    out(f"loader (cache + augmentation): {loader_rate:9.2f} img/s")
+    out(f"training (train_step):         {train_rate:9.2f} img/s")
+    out(f"ratio loader / training:       {ratio:9.1f}x")
+    out(
         json.dumps(
             {
                 "loader_img_s": round(loader_rate, 2),
@@ -92,6 +94,7 @@ def main() -> None:
             }
         )
     )
+    out.record(args.record, "Data loading vs training (benchmarks/loader.py)")
 
 
 if __name__ == "__main__":

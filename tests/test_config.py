@@ -18,6 +18,7 @@ def test_defaults_yaml_and_overrides(tmp_path):
     assert config.train.base_lr == 3e-4
     assert config.data.size == [64, 32]
     assert config.train.accum_steps == 4  # default
+    assert load_config(None, ["train.channels_last=off"]).train.channels_last == "off"
 
 
 @pytest.mark.parametrize(

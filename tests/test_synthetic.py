@@ -31,7 +31,7 @@ REQUIRED = (
 
 @pytest.fixture(scope="module")
 def scenes() -> list[tuple[np.ndarray, np.ndarray]]:
-    return [render_scene(np.random.default_rng([7, 0, i]), 256, 128) for i in range(10)]
+    return [render_scene(np.random.default_rng([7, 0, i]), 256, 128) for i in range(20)]
 
 
 def _files(root: Path) -> list[Path]:

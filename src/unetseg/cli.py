@@ -15,6 +15,8 @@ from pathlib import Path
 from unetseg import __version__
 from unetseg.config import ConfigError
 
+DEFAULT_SPLITS = ("train", "val")
+
 
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -75,7 +77,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     class_set = load_class_set(config.data.class_set)
     ensure_synthetic(config.data)
     total_problems = 0
-    for split in args.splits:
+    for split in args.splits or DEFAULT_SPLITS:
         samples = find_samples(config.data, split)
         problems = check_samples(samples, class_set)
         total_problems += len(problems)
@@ -94,7 +96,8 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     class_set = load_class_set(config.data.class_set)
     ensure_synthetic(config.data)
     stats = {
-        split: class_stats(find_samples(config.data, split), class_set) for split in args.splits
+        split: class_stats(find_samples(config.data, split), class_set)
+        for split in args.splits or DEFAULT_SPLITS
     }
     print(stats_table(stats))
     plot_stats(stats, args.plot)
@@ -281,7 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for sub in (check, stats):
         sub.add_argument(
-            "--splits", nargs="+", default=["train", "val"], help="splits to look at (train val)"
+            "--split",
+            dest="splits",
+            action="append",
+            help="a split to look at; repeat for several (default: train and val)",
         )
     for sub in (check, stats, show):
         _add_config_arguments(sub)
@@ -366,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = command("export", cmd_export, "export a checkpoint to ONNX (dynamic batch and size)")
     export.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) to export")
     export.add_argument("--output", type=Path, required=True, help="ONNX file to write")
-    export.add_argument("--opset", type=int, default=17, help="ONNX opset version (17)")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset version (18)")
     return parser
 
 
@@ -374,11 +380,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unetseg`` console command."""
     from unetseg.checkpoint import CheckpointError
     from unetseg.data.io import DataError
+    from unetseg.runtime import sigterm_as_interrupt
     from unetseg.train import TrainingError, TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with sigterm_as_interrupt():  # SIGTERM stops as cleanly as Ctrl-C, in every command
+            return args.handler(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -77,7 +77,8 @@ class LossConfig:
 
     ce_weight: float = 1.0
     dice_weight: float = 1.0
-    class_weights: list[float] = field(default_factory=list)  # empty: uniform
+    class_weights: list[float] = field(default_factory=list)  # explicit weights, one per class
+    class_weighting: str = "none"  # none | median_frequency (computed from the train split)
 
 
 @dataclass
@@ -129,6 +130,7 @@ CHOICES = {
     "data.kind": ("synthetic", "cityscapes", "folders"),
     "data.mask_type": ("labelIds", "color"),
     "model.upsampling": ("transpose", "bilinear"),
+    "loss.class_weighting": ("none", "median_frequency"),
     "train.decay": ("original", "poly", "cosine"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
@@ -190,6 +192,8 @@ def _coerce(value: Any, expected: Any, where: str) -> Any:
             return float(value)
         except ValueError:
             pass
+    if expected is str and isinstance(value, bool):
+        return "on" if value else "off"  # YAML 1.1 reads on/off/yes/no as booleans
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")

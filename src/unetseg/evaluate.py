@@ -124,7 +124,7 @@ def evaluate_checkpoint(
     from unetseg.data.io import read_pair
     from unetseg.data.sources import find_samples
     from unetseg.files import write_json
-    from unetseg.runtime import make_runtime
+    from unetseg.runtime import local_runtime
     from unetseg.train import prepare_data
 
     model, config, class_set = model_from_checkpoint(checkpoint)
@@ -132,7 +132,7 @@ def evaluate_checkpoint(
         config = dataclasses.replace(
             config, data=dataclasses.replace(config.data, root=str(data_root))
         )
-    runtime = make_runtime(dataclasses.replace(config.train, device=device))
+    runtime = local_runtime(device, config.train.precision)
     model = model.to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)

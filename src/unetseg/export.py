@@ -21,7 +21,7 @@ from unetseg.model import DOWNSAMPLING_FACTOR
 EXAMPLE_SHAPE = (2, 3, 4 * DOWNSAMPLING_FACTOR, 6 * DOWNSAMPLING_FACTOR)
 
 
-def export_onnx(checkpoint: Path, output: Path, opset: int = 17) -> Path:
+def export_onnx(checkpoint: Path, output: Path, opset: int = 18) -> Path:
     """Export ``checkpoint``'s model to ``output`` (weights embedded) and write its JSON beside it.
 
     Returns ``output``. The JSON is ``output.with_suffix(".json")``.

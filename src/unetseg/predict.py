@@ -9,7 +9,6 @@ resolution with overlapping windows of the training size instead of being shrunk
 from __future__ import annotations
 
 import collections
-import contextlib
 import math
 import os
 import sys
@@ -31,7 +30,7 @@ from unetseg.data.classes import ClassSet
 from unetseg.data.io import DataError, list_images, open_image, to_rgb
 from unetseg.data.transforms import normalise
 from unetseg.model import DOWNSAMPLING_FACTOR, UNet, check_input_size
-from unetseg.runtime import select_device, select_precision
+from unetseg.runtime import Runtime, local_runtime, sigterm_as_interrupt
 
 OVERLAY_QUALITY = 90
 UPSAMPLE_ROWS = 256  # output rows upsampled at once: bounds memory to C x 256 x W floats
@@ -62,15 +61,15 @@ class Predictor:
     def from_checkpoint(cls, path: Path, device: str = "auto") -> Predictor:
         """A checkpoint's model in eval mode on ``device`` (auto: CUDA, then MPS, then CPU)."""
         model, config, class_set = model_from_checkpoint(path)
-        target = select_device(device)
+        runtime = local_runtime(device)
         size = config.data.size
         return cls(
-            _torch_runner(model, target),
+            _torch_runner(model, runtime),
             class_set,
             (size[0], size[1]),
             config.data.mean,
             config.data.std,
-            target,
+            runtime.device,
         )
 
     @classmethod
@@ -112,21 +111,14 @@ class Predictor:
         return self.device_logits(batch).cpu()
 
 
-def _torch_runner(model: UNet, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The model's forward pass on ``device``: mixed precision and channels_last on CUDA."""
-    cuda = device.type == "cuda"
-    amp_dtype = select_precision("auto", device) if cuda else None
-    layout = torch.channels_last if cuda else torch.contiguous_format
-    model = model.to(device=device, memory_format=layout).eval()
+def _torch_runner(model: UNet, runtime: Runtime) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's forward pass with the runtime's precision and memory layout."""
+    layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    model = model.to(device=runtime.device, memory_format=layout).eval()
 
     def run(batch: torch.Tensor) -> torch.Tensor:
-        precision = (
-            torch.autocast(device.type, dtype=amp_dtype)
-            if amp_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with precision:
-            return model(batch.contiguous(memory_format=layout))
+        with runtime.autocast():
+            return model(runtime.prepare_input(batch))
 
     return run
 
@@ -303,18 +295,20 @@ def predict_paths(
     bar.update(len(report.failed))
     writer = _Writer(pool, predictor.class_set, report, bar, depth=2 * workers)
     batcher = _Batcher(predictor, batch_size, tta, writer)
-    try:
-        for job, image in _read_ahead(pool, jobs, 2 * batch_size, writer):
-            if sliding_window:
-                writer.submit(job, image, predict_image(predictor, image, tta, True, batch_size))
-            else:
-                batcher.add(job, image)
-        batcher.flush()
-        writer.drain()
-    finally:
-        # On Ctrl-C: drop queued work; running writes finish (and are atomic anyway).
-        pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+    with sigterm_as_interrupt():  # SIGTERM: the same clean stop as Ctrl-C
+        try:
+            for job, image in _read_ahead(pool, jobs, 2 * batch_size, writer):
+                if sliding_window:
+                    mask = predict_image(predictor, image, tta, True, batch_size)
+                    writer.submit(job, image, mask)
+                else:
+                    batcher.add(job, image)
+            batcher.flush()
+            writer.drain()
+        finally:
+            # On Ctrl-C: drop queued work; running writes finish (and are atomic anyway).
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
     report.written = [path for _, path in sorted(writer.written)]
     return report
 

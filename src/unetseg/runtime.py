@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -95,13 +98,24 @@ def make_runtime(train: TrainConfig) -> Runtime:
             backend="nccl" if device.type == "cuda" else "gloo",
             timeout=datetime.timedelta(seconds=int(os.environ.get("UNETSEG_DIST_TIMEOUT", "600"))),
         )
-    amp_dtype = select_precision(train.precision, device)
-    if train.channels_last == "auto":
+    return _resolve(device, train.precision, train.channels_last, rank, world_size)
+
+
+def local_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    """A single process's runtime (evaluation, prediction), never joining a process group."""
+    return _resolve(select_device(device), precision, "auto")
+
+
+def _resolve(
+    device: torch.device, precision: str, channels_last: str, rank: int = 0, world_size: int = 1
+) -> Runtime:
+    amp_dtype = select_precision(precision, device)
+    if channels_last == "auto":
         # channels_last pays off with oneDNN bf16 on CPU and with tensor cores on CUDA.
-        channels_last = device.type == "cuda" or (device.type == "cpu" and amp_dtype is not None)
+        layout = device.type == "cuda" or (device.type == "cpu" and amp_dtype is not None)
     else:
-        channels_last = train.channels_last == "on"
-    return Runtime(device, amp_dtype, channels_last, rank, world_size)
+        layout = channels_last == "on"
+    return Runtime(device, amp_dtype, layout, rank, world_size)
 
 
 def barrier(runtime: Runtime) -> None:
@@ -114,3 +128,27 @@ def shutdown(runtime: Runtime) -> None:
     """Leave the process group, if any."""
     if runtime.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within: SIGTERM raises KeyboardInterrupt, so cleanup runs as after Ctrl-C (no half-built
+    cache, no temporary files, no orphaned worker processes) instead of the process vanishing.
+
+    A no-op off the main thread and where SIGTERM already has a handler (training's StopSignal).
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

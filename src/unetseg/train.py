@@ -10,6 +10,7 @@ evaluation), ``curves_loss.png`` / ``curves_miou.png``, ``snapshots/step_N.png``
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -34,9 +35,10 @@ from unetseg.data.cache import CachedSplit, prepare_split
 from unetseg.data.classes import ClassSet, load_class_set
 from unetseg.data.loader import StreamBatchSampler, default_workers, train_loader, val_loader
 from unetseg.data.sources import ensure_synthetic, find_samples
+from unetseg.data.tools import stats_of_masks
 from unetseg.data.transforms import prepare_batch
 from unetseg.evaluate import evaluate_model
-from unetseg.files import write_json
+from unetseg.files import atomic_path, write_json, write_text
 from unetseg.losses import SegmentationLoss
 from unetseg.report import write_report
 from unetseg.runtime import Runtime, barrier, make_runtime, shutdown
@@ -150,12 +152,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             self.rt.device.type, enabled=self.rt.amp_dtype == torch.float16
         )
-        weights = config.loss.class_weights or None
         self.loss_fn = SegmentationLoss(
             self.class_set.num_classes,
             ce_weight=config.loss.ce_weight,
             dice_weight=config.loss.dice_weight,
-            class_weights=weights,
+            class_weights=self._class_weights(),
         ).to(self.rt.device)
         self.schedule = Schedule(
             t.base_lr, t.min_lr, t.warmup_steps, t.training_iterations, t.decay, t.decay_factor
@@ -168,6 +169,21 @@ class Trainer:
         self.forward_model = self._wrap_model()
 
     # -- setup -----------------------------------------------------------------------------
+    def _class_weights(self) -> list[float] | None:
+        """Explicit ``loss.class_weights``, or median-frequency weights of the cached train masks."""
+        loss = self.config.loss
+        if loss.class_weights:
+            return loss.class_weights
+        if loss.class_weighting == "none":
+            return None
+        weights = stats_of_masks(self.data["train"].masks, self.class_set.names)
+        weights = weights.median_frequency_weights()
+        if self.rt.is_main:
+            write_json(
+                self.run_dir / "class_weights.json", dict(zip(self.class_set.names, weights))
+            )
+        return weights
+
     def _build_model(self) -> nn.Module:
         model = ckpt.build_model(self.config, self.class_set.num_classes)
         if self.config.train.sync_batchnorm and self.rt.distributed:
@@ -203,6 +219,9 @@ class Trainer:
         self.last_checkpoint = path
         if self.rt.is_main:
             print(f"resuming from {path} at step {self.step}", file=sys.stderr)
+            # What a killed run was writing (atomic writes' temporaries) will never be finished.
+            for stale in [*self.run_dir.glob(".*.tmp*"), *self.run_dir.glob("*/.*.tmp*")]:
+                stale.unlink(missing_ok=True)
 
     # -- checkpoints -----------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -252,6 +271,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.forward_model.train()
+        # A skipped step must leave the model as it was, BatchNorm statistics included.
+        buffers = [b.detach().clone() for b in self.model.buffers()]
         totals = torch.zeros(3, device=rt.device)
         for micro in range(t.accum_steps):
             images, masks = next(batches)
@@ -281,6 +302,10 @@ class Trainer:
         finite = bool(torch.isfinite(totals).all()) and bool(torch.isfinite(grad_norm))
         if finite:
             self.scaler.step(self.optimizer)
+        else:
+            with torch.no_grad():
+                for buffer, saved in zip(self.model.buffers(), buffers):
+                    buffer.copy_(saved)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         loss, ce, dice = totals.tolist()
@@ -362,6 +387,19 @@ class RunLog:
                 if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
                     self.writer.add_scalar(f"{Path(name).stem}/{key}", value, row["step"])
 
+    def truncate(self, step: int) -> None:
+        """Drop rows after ``step`` and lines torn by a kill: a resumed run logs those again."""
+        for name in ("log.jsonl", "eval.jsonl"):
+            path = self.run_dir / name
+            if not self.enabled or not path.is_file():
+                continue
+            kept = []
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    if json.loads(line)["step"] <= step:
+                        kept.append(line + "\n")
+            write_text(path, "".join(kept))
+
     def rows(self, name: str) -> list[dict[str, Any]]:
         path = self.run_dir / name
         if not path.is_file():
@@ -398,6 +436,11 @@ def train(
     try:
         return _run(trainer)
     finally:
+        if trainer.rt.distributed:
+            # Free DDP before the process group: when DDP's reducer holds the last reference, the
+            # group is destroyed with the GIL held while gloo's threads wait for it (a hang at exit).
+            trainer.forward_model = trainer.model
+            gc.collect()
         shutdown(trainer.rt)
 
 
@@ -406,7 +449,10 @@ def _run(trainer: Trainer) -> TrainResult:
     t = config.train
     log = RunLog(run_dir, rt.is_main)
     if rt.is_main:
-        save_config(config, run_dir / "config.yaml")
+        with atomic_path(run_dir / "config.yaml") as temporary:  # --resume reads it back
+            save_config(config, temporary)
+        if trainer.last_checkpoint is not None:  # resumed: steps after the checkpoint come again
+            log.truncate(trainer.step)
         viz.plot_schedule(
             trainer.schedule.values(), run_dir / "schedule.png", f"learning rate ({t.decay} decay)"
         )
@@ -420,7 +466,7 @@ def _run(trainer: Trainer) -> TrainResult:
     )
     batches = iter(train_loader(trainer.data["train"], sampler, trainer.workers, rt.device))
     images_per_step = t.batch_size * t.accum_steps * rt.world_size
-    consecutive_bad = 0
+    consecutive_bad, step_seconds, logged_step = 0, 0.0, trainer.step
     bar = tqdm(
         total=t.training_iterations,
         initial=trainer.step,
@@ -433,6 +479,7 @@ def _run(trainer: Trainer) -> TrainResult:
         while trainer.step < t.training_iterations:
             started = time.perf_counter()
             stats = trainer.train_step(batches)
+            step_seconds += time.perf_counter() - started
             consecutive_bad = 0 if stats["finite"] else consecutive_bad + 1
             if not stats["finite"]:
                 trainer.nonfinite_total += 1
@@ -446,12 +493,14 @@ def _run(trainer: Trainer) -> TrainResult:
             step = trainer.step
             bar.update()
             if step % t.log_interval == 0 or step == t.training_iterations:
-                seconds = time.perf_counter() - started
+                # Throughput of the training steps since the last row (evaluation excluded).
+                images_per_s = images_per_step * (step - logged_step) / step_seconds
+                step_seconds, logged_step = 0.0, step
                 row = {
                     "step": step,
                     **{k: v for k, v in stats.items() if k != "finite"},
                     "skipped": trainer.nonfinite_total,
-                    "images_per_s": images_per_step / seconds,
+                    "images_per_s": images_per_s,
                     "memory_mb": _memory_mb(rt.device),
                 }
                 log.append("log.jsonl", row)
@@ -496,7 +545,7 @@ def _finish(trainer: Trainer, log: RunLog) -> TrainResult:
     final = trainer.save(run_dir / "final.pt")
     result = trainer.evaluate(max_batches=0)
     metrics = result["scores"].to_dict(trainer.class_set.names)
-    metrics.update(step=trainer.step, split="val", val_loss=result["loss"])
+    metrics.update(step=trainer.step, split="val", val_loss=_finite(result["loss"]))
     if trainer.rt.is_main:
         ckpt.export_safetensors(
             trainer.model, trainer.config, trainer.class_set, run_dir / "model.safetensors"

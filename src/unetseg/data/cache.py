@@ -22,6 +22,7 @@ import torch
 from unetseg.data.classes import ClassSet
 from unetseg.data.io import DataError, Sample, read_pair, resize_pair
 from unetseg.parallel import parallel_map
+from unetseg.runtime import sigterm_as_interrupt
 
 CACHE_VERSION = 1
 
@@ -122,16 +123,17 @@ def prepare_split(
     cache_root.mkdir(parents=True, exist_ok=True)
     temporary = cache_root / f".tmp-{folder.name}-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    try:
-        _write_cache(samples, class_set, size, temporary, drop_rare, name, progress)
+    with sigterm_as_interrupt():  # SIGTERM too removes the half-built cache
+        temporary.mkdir()
         try:
-            os.replace(temporary, folder)
-        except OSError:  # another process finished the same cache first
-            if not (folder / "index.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+            _write_cache(samples, class_set, size, temporary, drop_rare, name, progress)
+            try:
+                os.replace(temporary, folder)
+            except OSError:  # another process finished the same cache first
+                if not (folder / "index.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
     return CachedSplit(folder)
 
 

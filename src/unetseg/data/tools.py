@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,14 +73,36 @@ class _MaskCounts:
     problem: str | None = None
 
 
+def _histogram(train_ids: np.ndarray, num_classes: int) -> _MaskCounts:
+    counts = np.bincount(np.asarray(train_ids).ravel(), minlength=256).astype(np.int64)
+    return _MaskCounts(counts[:num_classes], int(counts[IGNORE_INDEX]))
+
+
 def _count_mask(sample: Sample, class_set: ClassSet) -> _MaskCounts:
     """Train-id histogram of one mask; problems are returned, not raised (runs in a worker)."""
     try:
         _, train_ids = read_train_ids(sample, class_set)
     except DataError as error:
         return _MaskCounts(None, problem=str(error))
-    counts = np.bincount(train_ids.ravel(), minlength=256).astype(np.int64)
-    return _MaskCounts(counts[: class_set.num_classes], int(counts[IGNORE_INDEX]))
+    return _histogram(train_ids, class_set.num_classes)
+
+
+def _accumulate(histograms: Iterable[_MaskCounts], names: Sequence[str]) -> ClassStats:
+    """Sum per-mask histograms; DataError listing every problem among them."""
+    pixels = np.zeros(len(names), dtype=np.int64)
+    present_pixels = np.zeros(len(names), dtype=np.int64)
+    ignored, images, problems = 0, 0, []
+    for result in histograms:
+        images += 1
+        if result.counts is None:
+            problems.append(result.problem)
+            continue
+        pixels += result.counts
+        present_pixels[result.counts > 0] += result.counts.sum()
+        ignored += result.ignored
+    if problems:
+        raise DataError(f"{len(problems)} problem(s) in the masks:\n" + "\n".join(problems))
+    return ClassStats(list(names), pixels, ignored, images, present_pixels)
 
 
 def class_stats(
@@ -92,23 +114,15 @@ def class_stats(
     """
     if not samples:
         raise DataError("class statistics: no samples")
-    classes = class_set.num_classes
-    pixels = np.zeros(classes, dtype=np.int64)
-    present_pixels = np.zeros(classes, dtype=np.int64)
-    ignored, problems = 0, []
     counted = parallel_map(
         _count_mask, samples, class_set, description="class stats", unit="mask", progress=progress
     )
-    for result in counted:
-        if result.counts is None:
-            problems.append(result.problem)
-            continue
-        pixels += result.counts
-        present_pixels[result.counts > 0] += result.counts.sum()
-        ignored += result.ignored
-    if problems:
-        raise DataError(f"{len(problems)} problem(s) in the masks:\n" + "\n".join(problems))
-    return ClassStats(list(class_set.names), pixels, ignored, len(samples), present_pixels)
+    return _accumulate(counted, class_set.names)
+
+
+def stats_of_masks(masks: Iterable[np.ndarray], names: Sequence[str]) -> ClassStats:
+    """Pixel counts of train-id masks already in memory (e.g. a training cache)."""
+    return _accumulate((_histogram(mask, len(names)) for mask in masks), names)
 
 
 def _weights_source(stats: dict[str, ClassStats]) -> tuple[str, ClassStats]:

@@ -1,0 +1,160 @@
+"""Default precision and layout vs fp32 NCHW: training speed side by side, and accuracy kept.
+
+    python benchmarks/precision.py [--width 32] [--size 512x256] [--accuracy-steps 300]
+
+1. Speed: the real ``Trainer.train_step`` on one fixed batch (model-only), fp32 NCHW and the
+   defaults (``precision: auto``, ``channels_last: auto``) alternating, median of the repeats.
+2. Accuracy: two identical short runs on synthetic scenes (width 16 at 256x128), fp32 NCHW and the
+   defaults; their loss curves go into one plot and their final val mIoU side by side.
+The last line is JSON: fp32_img_s, default_img_s, speedup, fp32_miou, default_miou.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Output, alternating_rates, machine  # noqa: E402
+
+from unetseg.config import load_config  # noqa: E402
+from unetseg.train import Trainer, train  # noqa: E402
+from unetseg.viz import plot_curves  # noqa: E402
+
+FP32 = ["train.precision=fp32", "train.channels_last=off"]
+
+
+def trainer_for(work: Path, size: tuple[int, int], width: int, batch: int, extra: list[str]):
+    config = load_config(
+        None,
+        [
+            f"data.root={work / f'synthetic_{size[0]}x{size[1]}'}",
+            f"data.cache_dir={work / 'cache'}",
+            f"data.size=[{size[0]},{size[1]}]",
+            "data.synthetic_train=16",
+            "data.synthetic_val=4",
+            f"model.width={width}",
+            f"train.batch_size={batch}",
+            "train.accum_steps=1",
+            "train.training_iterations=1000000",
+            *extra,
+        ],
+    )
+    return Trainer(config, work / "run", resume=False, progress=False)
+
+
+def speed(args: argparse.Namespace, size: tuple[int, int]) -> tuple[float, float, str]:
+    """Median training images/s of fp32 NCHW and of the defaults, measured alternately."""
+    trainers = {
+        "fp32": trainer_for(args.work, size, args.width, args.batch, FP32),
+        "default": trainer_for(args.work, size, args.width, args.batch, []),
+    }
+    batch = trainers["fp32"].data["train"][0]
+    images = batch[0][None].repeat(args.batch, 1, 1, 1)
+    masks = batch[1][None].repeat(args.batch, 1, 1)
+    fixed = itertools.repeat((images, masks))
+
+    def step(trainer: Trainer):
+        def run() -> int:
+            trainer.train_step(fixed)
+            return args.batch
+
+        return run
+
+    rates = alternating_rates({name: step(t) for name, t in trainers.items()}, args.repeats, 2)
+    rt = trainers["default"].rt
+    label = f"{rt.amp_dtype or 'fp32'}, channels_last {rt.channels_last}"
+    return rates["fp32"], rates["default"], label
+
+
+def accuracy(args: argparse.Namespace) -> dict[str, dict]:
+    """Final val mIoU and the loss curve of the same short run in fp32 and with the defaults."""
+    results = {}
+    for name, extra in (("fp32 NCHW", FP32), ("default", [])):
+        config = load_config(
+            None,
+            [
+                f"data.root={args.work / 'synthetic_256x128'}",
+                f"data.cache_dir={args.work / 'cache'}",
+                "data.size=[256,128]",
+                "data.synthetic_train=200",
+                "data.synthetic_val=20",
+                "model.width=16",
+                "train.batch_size=8",
+                "train.accum_steps=1",
+                f"train.training_iterations={args.accuracy_steps}",
+                f"train.eval_interval={args.accuracy_steps}",
+                "train.eval_iterations=0",
+                f"train.save_model_interval={args.accuracy_steps}",
+                f"train.snapshot_interval={args.accuracy_steps}",
+                "train.base_lr=3e-3",
+                "train.warmup_steps=20",
+                "train.decay=cosine",
+                *extra,
+            ],
+        )
+        run_dir = args.work / f"accuracy-{name.split()[0]}"
+        result = train(config, run_dir, progress=False)
+        rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+        results[name] = {"miou": result.metrics["miou"], "rows": rows}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=32, help="U-Net width for the speed part (32)")
+    parser.add_argument("--batch", type=int, default=4, help="batch size for the speed part (4)")
+    parser.add_argument("--size", default="512x256", help="WIDTHxHEIGHT for the speed part")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per setting (5)")
+    parser.add_argument("--accuracy-steps", type=int, default=300, help="steps per accuracy run")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-prec")
+    parser.add_argument("--plot", type=Path, default=Path("benchmarks/precision_loss.png"))
+    parser.add_argument("--record", type=Path, help="append the output to this results file")
+    args = parser.parse_args()
+    size = tuple(int(v) for v in args.size.split("x"))
+    fp32, default, label = speed(args, size)
+    out = Output()
+    out(f"machine: {machine()}")
+    out(f"training, width {args.width}, batch {args.batch}, {args.size} (model-only steps):")
+    out(f"  fp32 NCHW: {fp32:7.3f} img/s")
+    out(f"  default ({label}): {default:7.3f} img/s")
+    out(f"  speed-up: {default / fp32:5.2f}x")
+    results = accuracy(args)
+    plot_curves(
+        {
+            name: ([r["step"] for r in res["rows"]], [r["loss"] for r in res["rows"]])
+            for name, res in results.items()
+        },
+        args.plot,
+        "training loss",
+    )
+    for name, res in results.items():
+        last = statistics.mean(r["loss"] for r in res["rows"][-5:])
+        out(
+            f"  {name}: val mIoU {res['miou']:.4f} after {args.accuracy_steps} steps, "
+            f"mean loss of the last 5 logged steps {last:.4f}"
+        )
+    out(f"loss curves: {args.plot}")
+    miou = {name: round(res["miou"], 4) for name, res in results.items()}
+    out(
+        json.dumps(
+            {
+                "fp32_img_s": round(fp32, 3),
+                "default_img_s": round(default, 3),
+                "speedup": round(default / fp32, 2),
+                "fp32_miou": miou["fp32 NCHW"],
+                "default_miou": miou["default"],
+            }
+        )
+    )
+    out.record(args.record, "Default precision vs fp32 NCHW (benchmarks/precision.py)")
+
+
+if __name__ == "__main__":
+    main()
