@@ -62,9 +62,9 @@ _BUILDING_TINTS = (
 )
 _VEHICLE_TINTS = ((150, 30, 30), (30, 50, 120), (40, 80, 50), (190, 170, 140), (90, 110, 130))
 _Z_FAR = 2000.0  # depth used as "at the horizon"
-# Poles, signs, lights and persons stand nearer than this, so that they span a few pixels even
+# Poles, signs, lights and persons stand nearer than this, so that they span several pixels even
 # at 256x128, where the demo trains: a learnable data set, not a test of sub-pixel detection.
-_Z_SMALL = 16.0
+_Z_SMALL = 12.0
 _PNG_OPTIONS = {"format": "PNG", "compress_level": 1}
 _POOL_MIN_SCENES = 16
 
@@ -537,7 +537,7 @@ def _draw_sign_pole(ctx: _Ctx, x: float, z: float) -> None:
 def _draw_light_box(ctx: _Ctx, x: float, z: float, bottom: float) -> None:
     """Dark housing with three lamps, one lit; a fifth of them show their back."""
     cam, rng, cv = ctx.cam, ctx.rng, ctx.cv
-    w = rng.uniform(0.3, 0.4)
+    w = rng.uniform(0.45, 0.6)  # oversized, so that lights stay learnable at 256x128
     h = w * rng.uniform(2.6, 3.0)
     housing = _grey(rng, 20, 70, 5) if rng.random() < 0.8 else _jitter(rng, (90, 80, 30))
     cv.poly(cam.front_quad(x - w / 2, x + w / 2, bottom, bottom + h, z), housing, LIGHT)
