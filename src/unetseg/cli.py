@@ -124,12 +124,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from unetseg.config import load_config
     from unetseg.train import train
 
+    overrides = [*args.overrides, *([f"train.device={args.device}"] if args.device else [])]
     if args.resume:
         run_dir = args.resume
-        config_path = args.config or run_dir / "config.yaml"
-        config = load_config(config_path, args.overrides)
+        config = load_config(args.config or run_dir / "config.yaml", overrides)
     else:
-        config = _load(args)
+        config = load_config(args.config, overrides)
         name = args.config.stem if args.config else "synthetic"
         run_dir = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(config, run_dir, resume=bool(args.resume))
@@ -296,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(train)
     train.add_argument(
         "--out", type=Path, help="run folder (default: runs/<config name>-<date>-<time>)"
+    )
+    train.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where to train (default: the config's train.device, auto)",
     )
     train.add_argument(
         "--resume",
