@@ -1,5 +1,7 @@
 """Tests for the synthetic street-scene generator (Cityscapes layout)."""
 
+import json
+import os
 import re
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import pytest
 from cityscapesscripts.helpers.labels import id2label, name2label
 from PIL import Image
 
-from unetseg.data import synthetic
+from unetseg import parallel
 from unetseg.data.synthetic import CITIES, render_scene, synthesize
 
 SIZE = (128, 64)
@@ -35,7 +37,10 @@ def scenes() -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+    """The PNGs written (the completion marker aside)."""
+    return sorted(
+        p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.suffix == ".png"
+    )
 
 
 def _label_path(image: Path) -> Path:
@@ -50,6 +55,7 @@ def test_same_seed_gives_identical_files(tmp_path: Path) -> None:
     synthesize(tmp_path / "b", 3, 2, size=SIZE, seed=5, progress=False)
     files = _files(tmp_path / "a")
     assert len(files) == 10
+    assert json.loads((tmp_path / "a" / "synthetic.json").read_text())["train"] == 3
     assert files == _files(tmp_path / "b")
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
@@ -72,10 +78,11 @@ def test_scene_does_not_depend_on_split_sizes(tmp_path: Path) -> None:
         assert path.read_bytes() == twin.read_bytes()
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no process pool to compare")
 def test_process_pool_matches_serial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    n = synthetic._POOL_MIN_SCENES + 1
+    n = 17  # parallel_map pools from 16 items on
     pooled = synthesize(tmp_path / "pool", n, 0, size=(64, 32), seed=4, progress=False)
-    monkeypatch.setattr(synthetic, "_POOL_MIN_SCENES", 10**9)
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 1)
     serial = synthesize(tmp_path / "serial", n, 0, size=(64, 32), seed=4, progress=False)
     assert [p.relative_to(tmp_path / "pool") for p in pooled] == [
         p.relative_to(tmp_path / "serial") for p in serial

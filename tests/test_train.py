@@ -165,6 +165,10 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(synthetic_root
             "train.training_iterations": 3,
             "train.sync_batchnorm": "true",
             "train.eval_interval": 3,
+            # Adam moves every weight by about lr per step whatever the gradient's size, so float
+            # noise in tiny gradients shows up in proportion to lr: keep it small.
+            "train.base_lr": 1e-3,
+            "train.min_lr": 1e-4,
         },
     )
     single = load_config(None, [*common, "train.batch_size=4"])
@@ -189,8 +193,9 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(synthetic_root
     one, two = final_weights(tmp_path / "single"), final_weights(tmp_path / "ddp")
     for key in one:
         if one[key].is_floating_point():
-            # Adam turns ~1e-7 gradient differences into up to ~1e-5 weight differences at lr 1e-2.
-            assert torch.allclose(one[key], two[key], atol=1e-4, rtol=0), key
+            assert torch.allclose(one[key], two[key], atol=5e-5, rtol=0), (
+                key
+            )  # 5% of one step at lr 1e-3
     changed = any(
         not torch.equal(a, b)
         for a, b in zip(

@@ -41,6 +41,8 @@ def sha256_of(path: Path) -> str:
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` atomically (temporary file, fsync, rename), then its checksum."""
+    # A checksum of the file being replaced must not outlive it (a stop between the two writes).
+    path.with_name(path.name + ".sha256").unlink(missing_ok=True)
     with atomic_path(path, fsync=True) as temporary:
         torch.save(state, temporary)
     write_text(path.with_name(path.name + ".sha256"), sha256_of(path) + "\n")
@@ -164,11 +166,17 @@ def export_safetensors(model: nn.Module, config: Config, class_set: ClassSet, pa
     tensors = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary))
-    meta = {
+    write_text(
+        path.with_suffix(".json"), json.dumps(model_metadata(config, class_set), indent=2) + "\n"
+    )
+
+
+def model_metadata(config: Config, class_set: ClassSet) -> dict[str, Any]:
+    """What a user of exported weights needs besides them: classes, normalisation, shape."""
+    return {
         "architecture": "unet",
         "model": config.to_dict()["model"],
         "input_size": config.data.size,
         "normalisation": {"mean": config.data.mean, "std": config.data.std},
         "class_set": class_set.to_dict(),
     }
-    write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")

@@ -28,6 +28,22 @@ def _size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def _count(text: str) -> int:
+    """An integer >= 0, for argparse."""
+    value = int(text) if text.lstrip("-").isdigit() else -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+def _positive(text: str) -> int:
+    """An integer >= 1, for argparse."""
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -171,7 +187,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"{meta_path}: missing (written by `unetseg export` beside the model)"
             )
-        predictor = Predictor.from_onnx(args.onnx, json.loads(meta_path.read_text()))
+        try:
+            predictor = Predictor.from_onnx(args.onnx, json.loads(meta_path.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            message = f"{meta_path}: not metadata written by `unetseg export` ({error})"
+            raise ConfigError(message) from None
     else:
         predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
     report = predict_paths(
@@ -240,10 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = command("synth", cmd_synth, "write synthetic street scenes in the Cityscapes layout")
     synth.add_argument("--out", type=Path, required=True, help="root folder to write into")
-    synth.add_argument("--train", type=int, default=300, help="number of train scenes (300)")
-    synth.add_argument("--val", type=int, default=40, help="number of val scenes (40)")
+    synth.add_argument("--train", type=_count, default=300, help="number of train scenes (300)")
+    synth.add_argument("--val", type=_count, default=40, help="number of val scenes (40)")
     synth.add_argument("--size", type=_size, default=(512, 256), help="WIDTHxHEIGHT (512x256)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (0)")
+    synth.add_argument(
+        "--seed", type=_count, default=0, help="random seed; same seed, same bytes (0)"
+    )
 
     prepare = command("prepare", cmd_prepare, "check the data and build the training cache once")
     _add_config_arguments(prepare)
@@ -277,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.set_defaults(handler=cmd_data_show)
     show.add_argument("--split", default="train", help="split to sample from (train)")
-    show.add_argument("--count", type=int, default=6, help="number of samples (6)")
+    show.add_argument("--count", type=_positive, default=6, help="number of samples (6)")
     show.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
     show.add_argument(
         "--output", type=Path, default=Path("samples.png"), help="PNG to write (samples.png)"
@@ -331,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
         "as the official benchmark does",
     )
     evaluate.add_argument("--out", type=Path, help="output folder (default: beside the checkpoint)")
-    evaluate.add_argument("--worst", type=int, default=4, help="how many worst images to draw (4)")
+    evaluate.add_argument(
+        "--worst", type=_count, default=4, help="how many worst images to draw (4)"
+    )
     evaluate.add_argument(
         "--device",
         default="auto",
@@ -355,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="image files and/or folders (searched recursively)",
     )
     predict.add_argument("--output", type=Path, required=True, help="folder for the outputs")
-    predict.add_argument("--batch-size", type=int, default=4, help="images per forward pass (4)")
+    predict.add_argument(
+        "--batch-size", type=_positive, default=4, help="images per forward pass (4)"
+    )
     predict.add_argument(
         "--tta",
         choices=["none", "flip"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,11 @@ def _coerce(value: Any, expected: Any, where: str) -> Any:
 
 def validate(config: Config) -> None:
     """Reject impossible values with a message naming the key."""
+    for section in dataclasses.fields(config):
+        for key, value in dataclasses.asdict(getattr(config, section.name)).items():
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ConfigError(f"{section.name}.{key}: {value} is not a finite number")
     for dotted, allowed in CHOICES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(config, section), key)
@@ -264,9 +270,9 @@ def _validate_classes(config: Config) -> None:
     except ValueError as error:
         raise ConfigError(f"data.class_set: {error}") from None
     weights = config.loss.class_weights
-    if weights and (len(weights) != class_set.num_classes or min(weights) < 0):
+    if weights and (len(weights) != class_set.num_classes or min(weights) < 0 or sum(weights) == 0):
         raise ConfigError(
-            f"loss.class_weights: need {class_set.num_classes} non-negative values "
+            f"loss.class_weights: need {class_set.num_classes} non-negative values, not all 0 "
             f"(one per class of {class_set.name}), got {len(weights)}"
         )
 
@@ -296,7 +302,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         raise ConfigError(f"override {item!r}: cannot parse the value") from None
-    section = raw.setdefault(parts[0], {})
+    if raw.get(parts[0]) is None:  # absent, or an empty section in the YAML
+        raw[parts[0]] = {}
+    section = raw[parts[0]]
     if not isinstance(section, dict):
         raise ConfigError(f"override {item!r}: section {parts[0]!r} is not a mapping")
     section[parts[1]] = value

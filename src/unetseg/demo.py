@@ -40,7 +40,7 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Path]:
     """Run the demo into ``out``; returns (and prints) where each output lies."""
     from unetseg.evaluate import evaluate_checkpoint
     from unetseg.predict import Predictor, predict_paths
-    from unetseg.report import write_report
+    from unetseg.report import fmt_score, write_report
     from unetseg.train import train
 
     started = time.perf_counter()
@@ -71,8 +71,8 @@ def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Path]:
         "predictions": predictions,
         "report": report,
     }
-    miou = evaluation["metrics"]["miou"]
-    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; val mIoU {miou:.3f}")
+    miou = fmt_score(evaluation["metrics"]["miou"])
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s; val mIoU {miou}")
     for name, path in outputs.items():
         print(f"  {name + ':':22s}{path}")
     return outputs

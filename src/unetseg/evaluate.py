@@ -61,7 +61,9 @@ def evaluate_model(
     """
     model.eval()
     confusion = ConfusionMatrix(class_set.num_classes, device=runtime.device)
-    loss_sum = torch.zeros(2, device=runtime.device, dtype=torch.float64)  # sum, batches
+    loss_sum = torch.zeros(
+        2, dtype=torch.float64
+    )  # sum, batches; float64 on the CPU (MPS has none)
     image_scores: list[float] = []
     for index, (images, masks) in enumerate(loader):
         if max_batches and index >= max_batches:
@@ -72,13 +74,15 @@ def evaluate_model(
         prediction = logits.argmax(1)
         confusion.update(prediction, y)
         if loss_fn is not None:
-            loss_sum += torch.stack([loss_fn(logits, y)[0].double(), loss_sum.new_ones(())])
+            loss_sum += torch.tensor([float(loss_fn(logits, y)[0]), 1.0], dtype=torch.float64)
         if per_image:
             matrices = per_image_matrices(prediction, y, class_set.num_classes).cpu().numpy()
             image_scores.extend(image_miou(m) for m in matrices)
     confusion.all_reduce()
-    if runtime.distributed:
-        dist.all_reduce(loss_sum)
+    if runtime.distributed:  # gloo reduces CPU tensors; NCCL needs them on the GPU
+        reduced = loss_sum.to(runtime.device)
+        dist.all_reduce(reduced)
+        loss_sum = reduced.cpu()
     loss = float(loss_sum[0] / loss_sum[1]) if loss_sum[1] > 0 else math.nan
     return {
         "scores": confusion.compute(),

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch.export import Dim
 
-from unetseg.checkpoint import model_from_checkpoint
+from unetseg.checkpoint import model_from_checkpoint, model_metadata
 from unetseg.files import atomic_path, write_json
 from unetseg.model import DOWNSAMPLING_FACTOR
 
@@ -47,14 +47,5 @@ def export_onnx(checkpoint: Path, output: Path, opset: int = 18) -> Path:
             dynamo=True,
             verbose=False,
         )
-    write_json(
-        output.with_suffix(".json"),
-        {
-            "architecture": "unet",
-            "class_set": class_set.to_dict(),
-            "normalisation": {"mean": config.data.mean, "std": config.data.std},
-            "input_size": config.data.size,
-            "model": config.to_dict()["model"],
-        },
-    )
+    write_json(output.with_suffix(".json"), model_metadata(config, class_set))
     return output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -27,7 +28,7 @@ def parallel_map(
     iteration early (or Ctrl-C) cancels the work not yet started.
     """
     workers = min(os.cpu_count() or 1, max(1, len(items) // 8))
-    arguments = [[value] * len(items) for value in shared]
+    arguments = [itertools.repeat(value) for value in shared]
     with tqdm(total=len(items), desc=description, unit=unit, disable=not progress) as bar:
         if workers <= 1:
             for result in map(function, items, *arguments):

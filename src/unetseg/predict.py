@@ -25,9 +25,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from unetseg import viz
-from unetseg.checkpoint import model_from_checkpoint
+from unetseg.checkpoint import CheckpointError, model_from_checkpoint
 from unetseg.data.classes import ClassSet
-from unetseg.data.io import DataError, list_images, open_image, to_rgb
+from unetseg.data.io import DataError, list_images, read_rgb
 from unetseg.data.transforms import normalise
 from unetseg.model import DOWNSAMPLING_FACTOR, UNet, check_input_size
 from unetseg.runtime import Runtime, local_runtime, sigterm_as_interrupt
@@ -61,7 +61,7 @@ class Predictor:
     def from_checkpoint(cls, path: Path, device: str = "auto") -> Predictor:
         """A checkpoint's model in eval mode on ``device`` (auto: CUDA, then MPS, then CPU)."""
         model, config, class_set = model_from_checkpoint(path)
-        runtime = local_runtime(device)
+        runtime = local_runtime(device, config.train.precision)
         size = config.data.size
         return cls(
             _torch_runner(model, runtime),
@@ -78,7 +78,7 @@ class Predictor:
         import onnxruntime as ort
 
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: ONNX model not found")
+            raise CheckpointError(f"{path}: ONNX model not found")
         options = ort.SessionOptions()
         # Spinning idle threads would steal the cores that torch and the image codecs need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -373,15 +373,6 @@ def _fail(report: PredictReport, source: Path, message: str) -> None:
     tqdm.write(f"skipped: {message}", file=sys.stderr)
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    """An image as (H, W, 3) uint8; DataError naming the file on any problem."""
-    image = open_image(path)
-    try:
-        return to_rgb(image)
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot convert mode {image.mode} to RGB: {error}") from None
-
-
 def _read_ahead(
     pool: ThreadPoolExecutor, jobs: list[_Job], depth: int, writer: _Writer
 ) -> Iterator[tuple[_Job, np.ndarray]]:
@@ -396,7 +387,7 @@ def _read_ahead(
             writer.fail(job, str(error))
 
     for job in jobs:
-        queue.append((job, pool.submit(_read_rgb, job.source)))
+        queue.append((job, pool.submit(read_rgb, job.source)))
         if len(queue) > depth:
             yield from oldest()
     while queue:

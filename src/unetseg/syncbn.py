@@ -27,7 +27,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         channels = x.shape[1]
         total = stats[-1]
         mean = stats[:channels] / total
-        var = stats[channels : 2 * channels] / total - mean * mean
+        var = (stats[channels : 2 * channels] / total - mean * mean).clamp(min=0)  # rounding
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             unbiased = var * total / (total - 1).clamp(min=1)

@@ -40,7 +40,7 @@ from unetseg.data.transforms import prepare_batch
 from unetseg.evaluate import evaluate_model
 from unetseg.files import atomic_path, write_json, write_text
 from unetseg.losses import SegmentationLoss
-from unetseg.report import write_report
+from unetseg.report import read_jsonl, write_report
 from unetseg.runtime import Runtime, barrier, make_runtime, shutdown
 from unetseg.schedule import Schedule
 from unetseg.syncbn import convert_sync_batchnorm
@@ -140,7 +140,7 @@ class Trainer:
         self.config, self.run_dir, self.progress = config, run_dir, progress
         self.rt: Runtime = make_runtime(config.train)
         t = config.train
-        torch.manual_seed(t.seed)
+        torch.manual_seed(t.seed + self.rt.rank)  # own dropout masks per process
         self.class_set = load_class_set(config.data.class_set)
         if self.rt.is_main:  # one process checks and caches, the others wait and reuse it
             self.data = prepare_data(config, self.class_set, progress=progress)
@@ -209,10 +209,11 @@ class Trainer:
         path, state = found
         ckpt.load_weights(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and self.scaler.is_enabled():  # empty when saved without fp16
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
-        if torch.cuda.is_available() and state["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if self.rt.device.type == "cuda" and len(state["rng"].get("cuda", [])):
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.rt.device)
         self.step = int(state["step"])
         self.best_miou = float(state["best_miou"])
         self.nonfinite_total = int(state["nonfinite_total"])
@@ -234,7 +235,11 @@ class Trainer:
             "lr": self.schedule(min(self.step, self.config.train.training_iterations - 1)),
             "rng": {
                 "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "cuda": (
+                    torch.cuda.get_rng_state(self.rt.device)
+                    if self.rt.device.type == "cuda"
+                    else torch.empty(0, dtype=torch.uint8)
+                ),
             },
             "best_miou": self.best_miou,
             "nonfinite_total": self.nonfinite_total,
@@ -299,8 +304,12 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        finite = bool(torch.isfinite(totals).all()) and bool(torch.isfinite(grad_norm))
-        if finite:
+        loss_finite = bool(torch.isfinite(totals).all())
+        grads_finite = bool(torch.isfinite(grad_norm))
+        # fp16 loss scaling overflows now and then by design: the scaler shrinks its scale and the
+        # step is skipped, but that is no fault to count towards max_nonfinite_steps.
+        finite = loss_finite and (grads_finite or self.scaler.is_enabled())
+        if loss_finite and grads_finite:
             self.scaler.step(self.optimizer)
         else:
             with torch.no_grad():
@@ -401,10 +410,7 @@ class RunLog:
             write_text(path, "".join(kept))
 
     def rows(self, name: str) -> list[dict[str, Any]]:
-        path = self.run_dir / name
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.run_dir / name)
 
     def plot(self) -> None:
         """Refresh the loss and mIoU curves from the logs."""
@@ -431,6 +437,10 @@ def train(
     config: Config, run_dir: Path, resume: bool = False, progress: bool = True
 ) -> TrainResult:
     """Train as configured, writing everything into ``run_dir``; resumable after any stop."""
+    if not resume and (run_dir / "log.jsonl").exists():
+        raise TrainingError(
+            f"{run_dir} already holds a run: continue it with --resume, or choose another folder"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, run_dir, resume, progress)
     try:
@@ -533,7 +543,8 @@ def _periodic_eval(trainer: Trainer, log: RunLog, bar: tqdm) -> None:
     }
     log.append("eval.jsonl", row)
     log.plot()
-    bar.write(f"step {trainer.step}: val loss {result['loss']:.4f}, mIoU {scores.miou:.4f}")
+    if trainer.rt.is_main:
+        bar.write(f"step {trainer.step}: val loss {result['loss']:.4f}, mIoU {scores.miou:.4f}")
     if trainer.rt.is_main and scores.miou > trainer.best_miou:
         trainer.best_miou = float(scores.miou)
         trainer.save(trainer.run_dir / "best.pt")

@@ -74,8 +74,12 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8."""
-    return to_rgb(open_image(path))
+    """An image file as (H, W, 3) uint8; DataError naming the file on any problem."""
+    image = open_image(path)
+    try:
+        return to_rgb(image)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot convert mode {image.mode} to RGB: {error}") from None
 
 
 def read_mask_values(sample: Sample) -> np.ndarray:

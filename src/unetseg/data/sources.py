@@ -26,11 +26,15 @@ def find_samples(data: DataConfig, split: str, root: Path | None = None) -> list
 
 
 def ensure_synthetic(data: DataConfig, progress: bool = True) -> None:
-    """Write the synthetic data set under ``data.root`` if it is the synthetic kind and absent."""
+    """Write the synthetic data set under ``data.root`` unless a complete one is there.
+
+    Only for ``data.kind: synthetic``; an interrupted earlier attempt is simply written again.
+    """
+    from unetseg.data.synthetic import COMPLETE_MARKER, synthesize
+
     root = Path(data.root)
-    if data.kind != "synthetic" or (root / "leftImg8bit" / data.val_split).is_dir():
+    if data.kind != "synthetic" or (root / COMPLETE_MARKER).is_file():
         return
-    from unetseg.data.synthetic import synthesize
 
     synthesize(
         root,

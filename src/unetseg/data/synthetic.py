@@ -9,9 +9,7 @@ distributions; classes differ by shape, texture and context, as in real street s
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,10 +17,13 @@ from pathlib import Path
 import numpy as np
 from cityscapesscripts.helpers.labels import name2label
 from PIL import Image, ImageDraw
-from tqdm import tqdm
+
+from unetseg.files import atomic_path, write_json
+from unetseg.parallel import parallel_map
 
 CITIES: tuple[str, ...] = ("synthburg", "pixelton", "rendervik")
 SPLITS: tuple[str, ...] = ("train", "val")
+COMPLETE_MARKER = "synthetic.json"
 
 EGO = name2label["ego vehicle"].id
 ROAD = name2label["road"].id
@@ -66,7 +67,6 @@ _Z_FAR = 2000.0  # depth used as "at the horizon"
 # at 256x128, where the demo trains: a learnable data set, not a test of sub-pixel detection.
 _Z_SMALL = 12.0
 _PNG_OPTIONS = {"format": "PNG", "compress_level": 1}
-_POOL_MIN_SCENES = 16
 
 Colour = tuple[int, int, int]
 Pt = tuple[float, float]
@@ -958,13 +958,8 @@ def _scene_paths(out: Path, split: str, index: int) -> tuple[Path, Path]:
 
 def _save_png(image: Image.Image, path: Path) -> None:
     """Write atomically: an interrupted run never leaves a truncated PNG under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        image.save(tmp, **_PNG_OPTIONS)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as temporary:
+        image.save(temporary, **_PNG_OPTIONS)
 
 
 def _write_scene(job: tuple[Path, int, int, int, int, int]) -> Path:
@@ -975,15 +970,6 @@ def _write_scene(job: tuple[Path, int, int, int, int, int]) -> Path:
     _save_png(Image.fromarray(label), label_path)
     _save_png(Image.fromarray(image), image_path)
     return image_path
-
-
-def _run(jobs: list[tuple[Path, int, int, int, int, int]]) -> Iterator[Path]:
-    workers = os.cpu_count() or 1
-    if len(jobs) <= _POOL_MIN_SCENES or workers < 2:
-        yield from map(_write_scene, jobs)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(_write_scene, jobs, chunksize=4)
 
 
 def synthesize(
@@ -1011,9 +997,12 @@ def synthesize(
         for s, n in enumerate((n_train, n_val))
         for i in range(n)
     ]
-    paths = []
-    with tqdm(total=len(jobs), disable=not progress, desc="synthetic scenes", unit="scene") as bar:
-        for path in _run(jobs):
-            paths.append(path)
-            bar.update()
+    paths = list(
+        parallel_map(
+            _write_scene, jobs, description="synthetic scenes", unit="scene", progress=progress
+        )
+    )
+    # Written last: its presence says the set is complete (an interrupted run leaves none).
+    settings = {"train": n_train, "val": n_val, "size": [width, height], "seed": seed}
+    write_json(Path(out) / COMPLETE_MARKER, settings)
     return paths

@@ -62,10 +62,16 @@ def _colour_jitter(
     contrast = _uniform(n, augment.contrast, generator).view(shape).to(x.device)
     saturation = _uniform(n, augment.saturation, generator).view(shape).to(x.device)
     x = x * brightness
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).clamp(0, 1)
-    x = (x - gray.mean(dim=(2, 3), keepdim=True)) * contrast + gray.mean(dim=(2, 3), keepdim=True)
+    mean_gray = _gray(x).mean(dim=(2, 3), keepdim=True)
+    x = (x - mean_gray) * contrast + mean_gray
+    gray = _gray(x)  # after the contrast change, so saturation does not undo it
     x = (x - gray) * saturation + gray
     return x.clamp_(0.0, 1.0)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """Luma (ITU-R 601) of (N, 3, H, W) images, as (N, 1, H, W)."""
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 def _scale_crop_flip(
