@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +265,25 @@ def test_prepare_split_failure_leaves_nothing(
     with pytest.raises(DataError, match=synthetic_train[3].image.name):
         prepare_split(samples, cityscapes19(), (64, 32), cache_root, "train", progress=False)
     assert list(cache_root.iterdir()) == []
+
+
+def test_prepare_split_removes_caches_abandoned_by_a_killed_process(
+    synthetic_train: list[Sample], tmp_path: Path
+) -> None:
+    cache_root = tmp_path / "cache"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that no longer runs, as after kill -9
+    first = prepare_split(
+        synthetic_train, cityscapes19(), (64, 32), cache_root, "t", progress=False
+    )
+    name = first.folder.name
+    shutil.rmtree(first.folder)
+    abandoned = cache_root / f".tmp-{name}-{dead.pid}"
+    alive = cache_root / f".tmp-{name}-{os.getppid()}"  # another builder still at work
+    abandoned.mkdir()
+    alive.mkdir()
+    prepare_split(synthetic_train, cityscapes19(), (64, 32), cache_root, "t", progress=False)
+    assert not abandoned.exists() and alive.exists()
 
 
 # ---------------------------------------------------------------- augmentation

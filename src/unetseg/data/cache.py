@@ -121,8 +121,8 @@ def prepare_split(
     if (folder / "index.json").is_file():
         return CachedSplit(folder)
     cache_root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(cache_root, folder.name)
     temporary = cache_root / f".tmp-{folder.name}-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
     with sigterm_as_interrupt():  # SIGTERM too removes the half-built cache
         temporary.mkdir()
         try:
@@ -135,6 +135,24 @@ def prepare_split(
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
     return CachedSplit(folder)
+
+
+def _remove_abandoned(cache_root: Path, name: str) -> None:
+    """Delete half-built caches of ``name`` whose builder process is gone (killed with -9)."""
+    for partial in cache_root.glob(f".tmp-{name}-*"):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not _alive(int(pid)) or int(pid) == os.getpid():
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _write_cache(
