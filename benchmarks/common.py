@@ -13,18 +13,6 @@ from pathlib import Path
 import torch
 
 
-def median_rate(run: Callable[[], int], repeats: int, warmup: int = 2) -> float:
-    """Median items/second of ``run`` (which returns how many items it processed)."""
-    for _ in range(warmup):
-        run()
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        items = run()
-        rates.append(items / (time.perf_counter() - started))
-    return statistics.median(rates)
-
-
 def alternating_rates(
     runs: dict[str, Callable[[], int]], repeats: int, warmup: int
 ) -> dict[str, float]:
@@ -37,6 +25,11 @@ def alternating_rates(
             if repeat >= warmup:
                 rates[name].append(items / (time.perf_counter() - started))
     return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def median_rate(run: Callable[[], int], repeats: int, warmup: int = 2) -> float:
+    """Median items/second of ``run`` (which returns how many items it processed)."""
+    return alternating_rates({"run": run}, repeats, warmup)["run"]
 
 
 def machine() -> str:

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Output, alternating_rates, machine  # noqa: E402
 
+from unetseg.cli import parse_size  # noqa: E402
 from unetseg.config import load_config  # noqa: E402
 from unetseg.data.loader import StreamBatchSampler, train_loader  # noqa: E402
 from unetseg.data.transforms import prepare_batch  # noqa: E402
@@ -31,12 +32,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=64, help="U-Net width (64)")
     parser.add_argument("--batch", type=int, default=4, help="batch size (4)")
-    parser.add_argument("--size", default="512x256", help="WIDTHxHEIGHT (512x256)")
+    parser.add_argument("--size", type=parse_size, default=(512, 256), help="WIDTHxHEIGHT")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (5)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-bench")
     parser.add_argument("--record", type=Path, help="append the output to this results file")
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.split("x"))
+    width, height = args.size
     config = load_config(
         None,
         [

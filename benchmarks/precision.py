@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Output, alternating_rates, machine  # noqa: E402
 
+from unetseg.cli import parse_size  # noqa: E402
 from unetseg.config import load_config  # noqa: E402
 from unetseg.train import Trainer, train  # noqa: E402
 from unetseg.viz import plot_curves  # noqa: E402
@@ -110,18 +111,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=32, help="U-Net width for the speed part (32)")
     parser.add_argument("--batch", type=int, default=4, help="batch size for the speed part (4)")
-    parser.add_argument("--size", default="512x256", help="WIDTHxHEIGHT for the speed part")
+    parser.add_argument("--size", type=parse_size, default=(512, 256), help="WIDTHxHEIGHT (speed)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per setting (5)")
     parser.add_argument("--accuracy-steps", type=int, default=300, help="steps per accuracy run")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-prec")
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/precision_loss.png"))
     parser.add_argument("--record", type=Path, help="append the output to this results file")
     args = parser.parse_args()
-    size = tuple(int(v) for v in args.size.split("x"))
+    size = args.size
     fp32, default, label = speed(args, size)
     out = Output()
     out(f"machine: {machine()}")
-    out(f"training, width {args.width}, batch {args.batch}, {args.size} (model-only steps):")
+    out(
+        f"training, width {args.width}, batch {args.batch}, {size[0]}x{size[1]} (model-only steps):"
+    )
     out(f"  fp32 NCHW: {fp32:7.3f} img/s")
     out(f"  default ({label}): {default:7.3f} img/s")
     out(f"  speed-up: {default / fp32:5.2f}x")

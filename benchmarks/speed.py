@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import alternating_rates, machine, median_rate  # noqa: E402
 
+from unetseg.cli import parse_size  # noqa: E402
 from unetseg.config import Config, load_config  # noqa: E402
 from unetseg.data.classes import IGNORE_INDEX, ClassSet, load_class_set  # noqa: E402
 from unetseg.data.io import Sample  # noqa: E402
@@ -90,7 +91,7 @@ class Variant:
 # -- small helpers -------------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="512x256", help="WIDTHxHEIGHT (512x256)")
+    parser.add_argument("--size", type=parse_size, default=(512, 256), help="WIDTHxHEIGHT")
     parser.add_argument("--width", type=int, default=64, help="U-Net width (64)")
     parser.add_argument("--batch", type=int, default=4, help="training/inference batch (4)")
     parser.add_argument("--original-batch", type=int, default=12, help="original's batch (12)")
@@ -105,7 +106,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--matmul-size", type=int, default=4096, help="n of the n x n matmul")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-speed")
     args = parser.parse_args()
-    args.size = tuple(int(v) for v in args.size.lower().split("x"))
     if args.warmup < 3:
         parser.error("--warmup must be at least 3")
     return args

@@ -18,7 +18,8 @@ from unetseg.config import ConfigError
 DEFAULT_SPLITS = ("train", "val")
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` as (width, height), for argparse."""
     try:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, required=True, help="root folder to write into")
     synth.add_argument("--train", type=_count, default=300, help="number of train scenes (300)")
     synth.add_argument("--val", type=_count, default=40, help="number of val scenes (40)")
-    synth.add_argument("--size", type=_size, default=(512, 256), help="WIDTHxHEIGHT (512x256)")
+    synth.add_argument("--size", type=parse_size, default=(512, 256), help="WIDTHxHEIGHT (512x256)")
     synth.add_argument(
         "--seed", type=_count, default=0, help="random seed; same seed, same bytes (0)"
     )

@@ -93,6 +93,26 @@ def evaluate_model(
 
 
 @torch.inference_mode()
+def comparison_rows(
+    model: nn.Module,
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    runtime: Runtime,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(image, ground truth, prediction) arrays of cached uint8 pairs, for comparison grids."""
+    if not pairs:
+        return []
+    images = torch.stack([image for image, _ in pairs])
+    masks = torch.stack([mask for _, mask in pairs])
+    x, _ = prepare_batch(images, masks, mean, std)
+    model.eval()
+    with runtime.autocast():
+        prediction = model(runtime.prepare_input(x)).argmax(1).cpu().numpy().astype(np.uint8)
+    return [(i.numpy(), m.numpy(), p) for i, m, p in zip(images, masks, prediction)]
+
+
+@torch.inference_mode()
 def predict_full_resolution(
     model: nn.Module,
     image: np.ndarray,
@@ -181,13 +201,8 @@ def evaluate_checkpoint(
             key=lambda i: (math.isnan(result["image_miou"][i]), result["image_miou"][i]),
         )[:worst]
         worst_scores = [result["image_miou"][i] for i in order]
-        worst_rows = []
-        for i in order:
-            image, mask = cached[i]
-            x, _ = prepare_batch(image[None], mask[None], mean, std)
-            with torch.inference_mode(), runtime.autocast():
-                pred = model(runtime.prepare_input(x.to(runtime.device))).argmax(1)[0]
-            worst_rows.append((image.numpy(), mask.numpy(), pred.cpu().numpy().astype(np.uint8)))
+        pairs = [cached[i] for i in order]
+        worst_rows = comparison_rows(model, pairs, runtime, mean, std)
 
     metrics = scores.to_dict(class_set.names)
     metrics.update(

@@ -97,7 +97,6 @@ class UNet(nn.Module):
             Up(w[i + 1], w[i], dropout, upsampling) for i in reversed(range(4))
         )
         self.head = nn.Conv2d(w[0], num_classes, kernel_size=1)
-        self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x.shape[-2], x.shape[-1])

@@ -37,7 +37,7 @@ from unetseg.data.loader import StreamBatchSampler, default_workers, train_loade
 from unetseg.data.sources import ensure_synthetic, find_samples
 from unetseg.data.tools import stats_of_masks
 from unetseg.data.transforms import prepare_batch
-from unetseg.evaluate import evaluate_model
+from unetseg.evaluate import comparison_rows, evaluate_model
 from unetseg.files import atomic_path, write_json, write_text
 from unetseg.losses import SegmentationLoss
 from unetseg.report import read_jsonl, write_report
@@ -355,18 +355,9 @@ class Trainer:
         count = min(self.config.train.snapshot_images, len(val))
         if count == 0 or not self.rt.is_main:
             return
-        images, masks = zip(*(val[i] for i in range(count)))
-        x, _ = prepare_batch(
-            torch.stack(images), torch.stack(masks), self.config.data.mean, self.config.data.std
-        )
-        model = ckpt.unwrap(self.model)
-        model.eval()
-        with torch.inference_mode(), self.rt.autocast():
-            prediction = model(self.rt.prepare_input(x)).argmax(1).cpu().numpy()
-        rows = [
-            (images[i].numpy(), masks[i].numpy(), prediction[i].astype(np.uint8))
-            for i in range(count)
-        ]
+        pairs = [val[i] for i in range(count)]
+        mean, std = self.config.data.mean, self.config.data.std
+        rows = comparison_rows(ckpt.unwrap(self.model), pairs, self.rt, mean, std)
         grid = viz.comparison_grid(rows, self.class_set)
         grid = np.concatenate([grid, viz.legend_strip(self.class_set, grid.shape[1])], axis=0)
         viz.save_image(grid, self.run_dir / "snapshots" / f"step_{self.step:07d}.png")
