@@ -13,6 +13,7 @@ from PIL import Image
 from unetseg.checkpoint import FORMAT, build_model, save_checkpoint
 from unetseg.config import from_dict
 from unetseg.data.classes import ClassSet, camvid11, cityscapes19
+from unetseg.data.transforms import normalise
 from unetseg.predict import (
     Predictor,
     _upsample_argmax,
@@ -244,3 +245,50 @@ def test_results_inside_the_input_folder_are_not_inputs(
         "a_labelIds.png",
         "a_overlay.jpg",
     ]
+
+
+def scale_dependent_predictor() -> Predictor:
+    """A 1x1 "model" over 3 classes whose logits also depend on the input height, so that each
+    scale votes differently."""
+    mix = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]])
+    by_height = torch.tensor([1.5, 0.0, -1.5]).view(1, 3, 1, 1)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nchw,kc->nkhw", x, mix) + (x.shape[-2] / 32 - 1) * by_height
+
+    return Predictor(run, camvid11(), TRAIN_SIZE, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
+
+
+def test_multi_scale_averages_the_softmax_of_each_scale() -> None:
+    predictor = scale_dependent_predictor()
+    image = random_image(64, 128, seed=5)  # inference size 64x32 (the training area)
+    x = normalise(torch.tensor(image)[None], predictor.mean, predictor.std)
+    probabilities = torch.zeros(1, 3, 32, 64)
+    for side in ((16, 32), (32, 64), (64, 128)):  # scales 0.5, 1 and 2, back to 32x64
+        resized = F.interpolate(x, size=side, mode="bilinear", antialias=True)
+        scaled = predictor.logits(resized).softmax(1)
+        probabilities += F.interpolate(scaled, size=(32, 64), mode="bilinear")
+    reference = F.interpolate(probabilities, size=(64, 128), mode="bilinear").argmax(1)[0]
+    mask = torch.from_numpy(predict_image(predictor, image, scales=(0.5, 1.0, 2.0))).long()
+    # PIL's resize of the uint8 image differs slightly from resizing the normalised tensor.
+    assert (mask == reference).float().mean() > 0.97
+    single = torch.from_numpy(predict_image(predictor, image)).long()
+    assert (single != reference).float().mean() > 0.05  # the scales did change the answer
+
+
+def test_multi_scale_of_a_constant_model_is_that_constant(tmp_path: Path) -> None:
+    checkpoint = make_checkpoint(tmp_path / "c.pt", cityscapes19(), constant_class=3)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    mask = predict_image(predictor, random_image(50, 90), tta=True, scales=(0.75, 1.0, 1.25))
+    assert (mask == 3).all()
+
+
+@pytest.mark.parametrize(
+    ("scales", "sliding", "message"),
+    [((), False, "must lie in"), ((0.0,), False, "must lie in"), ((0.5, 1.0), True, "sliding")],
+)
+def test_bad_test_time_scales_are_refused(
+    predictor: Predictor, scales: tuple[float, ...], sliding: bool, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        predict_image(predictor, random_image(32, 64), sliding_window=sliding, scales=scales)

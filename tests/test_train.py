@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from unetseg.checkpoint import load_checkpoint
+from unetseg.checkpoint import load_checkpoint, model_from_checkpoint
 from unetseg.config import load_config
 from unetseg.train import Trainer, TrainingError, TrainingInterrupted, train
 
@@ -83,7 +84,8 @@ def test_a_run_writes_every_output(synthetic_root, tmp_path):
 
 
 def test_resume_after_an_interrupt_is_bit_identical(synthetic_root, tmp_path, monkeypatch):
-    overrides = tiny_overrides(synthetic_root, tmp_path / "cache", **{"model.dropout": 0.2})
+    extra = {"model.dropout": 0.2, "train.ema_decay": 0.9}
+    overrides = tiny_overrides(synthetic_root, tmp_path / "cache", **extra)
     config = load_config(None, overrides)
     train(config, tmp_path / "straight", progress=False)
 
@@ -105,6 +107,39 @@ def test_resume_after_an_interrupt_is_bit_identical(synthetic_root, tmp_path, mo
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+    averages = [load_checkpoint(tmp_path / r / "final.pt")["ema"] for r in ("straight", "stopped")]
+    assert averages[0]["updates"] == averages[1]["updates"] == 6
+    for key, value in averages[0]["weights"].items():
+        assert torch.equal(value, averages[1]["weights"][key]), key
+
+
+def test_the_weight_average_is_what_is_evaluated_and_shipped(synthetic_root, tmp_path):
+    extra = {"train.ema_decay": 0.5, "train.training_iterations": 4}
+    config = load_config(None, tiny_overrides(synthetic_root, tmp_path / "cache", **extra))
+    run = train(config, tmp_path / "run", progress=False).run_dir
+    state = load_checkpoint(run / "final.pt")
+    average, raw = state["ema"]["weights"], state["model"]
+    assert not torch.equal(average["head.weight"], raw["head.weight"])
+    model, _, _ = model_from_checkpoint(run / "final.pt")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, average[key]), key
+    shipped = load_file(str(run / "model.safetensors"))
+    assert torch.equal(shipped["head.weight"], average["head.weight"])
+
+
+def test_a_time_budget_stops_the_run_and_decays_the_rate_over_it(synthetic_root, tmp_path):
+    extra = {"train.training_iterations": 100_000, "train.time_budget_min": 0.15}
+    extra |= {f"train.{k}_interval": 10_000 for k in ("eval", "save_model", "snapshot")}
+    config = load_config(None, tiny_overrides(synthetic_root, tmp_path / "cache", **extra))
+    result = train(config, tmp_path / "run", progress=False)
+    state = load_checkpoint(result.final_checkpoint)
+    assert 3 <= state["step"] < 100_000 and state["elapsed_s"] >= 9.0
+    rates = [json.loads(line)["lr"] for line in (result.run_dir / "log.jsonl").open()]
+    # Warm-up for 2 steps, then cosine over the clock: falling, ending close to min_lr (0.001).
+    assert all(b <= a for a, b in zip(rates[2:], rates[3:]))
+    assert rates[-1] < 0.1 * 0.01 + 0.001
+    assert (result.run_dir / "curves_lr.png").is_file()
+    assert not (result.run_dir / "schedule.png").exists()
 
 
 def test_resume_skips_a_corrupt_latest_checkpoint(synthetic_root, tmp_path, capsys):

@@ -131,11 +131,13 @@ def build_model(config: Config, num_classes: int) -> UNet:
 
 
 def model_from_checkpoint(path: Path) -> tuple[UNet, Config, ClassSet]:
-    """The trained model (eval mode, CPU), its configuration and class set."""
+    """The trained model (eval mode, CPU; its weight average if it has one), configuration and
+    class set."""
     state = load_checkpoint(path)
     config, class_set = config_of(state), ClassSet.from_dict(state["class_set"])
     model = build_model(config, class_set.num_classes)
-    load_weights(model, state["model"], path)
+    average = state.get("ema") or {}  # the weight average is what a run evaluated and ships
+    load_weights(model, average.get("weights", state["model"]), path)
     return model.eval(), config, class_set
 
 

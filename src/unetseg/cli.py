@@ -45,6 +45,33 @@ def _positive(text: str) -> int:
     return value
 
 
+def _scales(text: str) -> tuple[float, ...]:
+    """Comma-separated test-time scales in (0, 4], for argparse."""
+    try:
+        scales = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list like 0.75,1,1.25") from None
+    if not all(0 < s <= 4 for s in scales):
+        raise argparse.ArgumentTypeError(f"{text!r}: every scale must lie in (0, 4]")
+    return scales
+
+
+def _add_tta_arguments(parser: argparse.ArgumentParser, condition: str) -> None:
+    parser.add_argument(
+        "--tta",
+        choices=["none", "flip"],
+        default="none",
+        help=f"{condition}test-time augmentation: flip averages with the mirrored prediction",
+    )
+    parser.add_argument(
+        "--scales",
+        type=_scales,
+        default=(1.0,),
+        help=f"{condition}average the prediction over these rescalings of the inference size, "
+        "e.g. 0.75,1,1.25 (default 1)",
+    )
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -162,6 +189,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from unetseg.evaluate import evaluate_checkpoint
 
+    if not args.full_res and (args.tta != "none" or args.scales != (1.0,)):
+        raise ConfigError("evaluate: --tta and --scales apply with --full-res only")
     result = evaluate_checkpoint(
         args.checkpoint,
         args.data_root,
@@ -170,6 +199,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.out,
         args.worst,
         args.device,
+        tta=args.tta == "flip",
+        scales=args.scales,
     )
     print(f"metrics: {result['out'] / 'metrics.json'}")
     return 0
@@ -182,6 +213,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.onnx is None):
         raise ConfigError("predict: give exactly one of --checkpoint or --onnx")
+    if args.sliding_window and args.scales != (1.0,):
+        raise ConfigError("predict: --scales cannot be combined with --sliding-window")
     if args.onnx is not None:
         meta_path = args.onnx.with_suffix(".json")
         if not meta_path.is_file():
@@ -202,6 +235,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         tta=args.tta == "flip",
         sliding_window=args.sliding_window,
+        scales=args.scales,
     )
     print(f"wrote {len(report.written)} prediction set(s) to {args.output}")
     for path, reason in report.failed:
@@ -353,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score at the ground truth's own resolution (logits upsampled), "
         "as the official benchmark does",
     )
+    _add_tta_arguments(evaluate, "with --full-res: ")
     evaluate.add_argument("--out", type=Path, help="output folder (default: beside the checkpoint)")
     evaluate.add_argument(
         "--worst", type=_count, default=4, help="how many worst images to draw (4)"
@@ -383,12 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--batch-size", type=_positive, default=4, help="images per forward pass (4)"
     )
-    predict.add_argument(
-        "--tta",
-        choices=["none", "flip"],
-        default="none",
-        help="test-time augmentation: flip averages with the mirrored prediction",
-    )
+    _add_tta_arguments(predict, "")
     predict.add_argument(
         "--sliding-window",
         action="store_true",

@@ -110,6 +110,8 @@ class TrainConfig:
     log_interval: int = 1
     keep_checkpoints: int = 3
     max_nonfinite_steps: int = 5
+    time_budget_min: float = 0.0  # > 0: stop after this many wall-clock minutes, decay over them
+    ema_decay: float = 0.0  # > 0: evaluate and ship an exponential moving average of the weights
 
 
 @dataclass
@@ -149,6 +151,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     config = from_dict(raw, source=str(path) if path else "config")
     validate(config)
     return config
+
+
+def with_overrides(config: Config, overrides: list[str]) -> Config:
+    """A copy of ``config`` with ``section.key=value`` overrides applied; validated."""
+    raw = config.to_dict()
+    for item in overrides:
+        _apply_override(raw, item)
+    changed = from_dict(raw)
+    validate(changed)
+    return changed
 
 
 def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
@@ -241,6 +253,7 @@ def validate(config: Config) -> None:
         "train.grad_clip": t.grad_clip,
         "train.min_lr": t.min_lr,
         "train.snapshot_images": t.snapshot_images,
+        "train.time_budget_min": t.time_budget_min,
         "loss.ce_weight": config.loss.ce_weight,
         "loss.dice_weight": config.loss.dice_weight,
     }
@@ -253,6 +266,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.min_lr: {t.min_lr} is above train.base_lr {t.base_lr}")
     if t.decay_factor <= 0:
         raise ConfigError(f"train.decay_factor: must be positive, got {t.decay_factor}")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay: must be in [0, 1), got {t.ema_decay}")
     if not 0.0 <= config.model.dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
     if not 0 < a.scale_min <= a.scale_max:

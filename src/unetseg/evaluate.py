@@ -11,13 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
 from unetseg.data.classes import IGNORE_INDEX, ClassSet
-from unetseg.data.transforms import normalise, prepare_batch
+from unetseg.data.transforms import prepare_batch
 from unetseg.metrics import ConfusionMatrix
 from unetseg.runtime import Runtime
 
@@ -112,26 +110,6 @@ def comparison_rows(
     return [(i.numpy(), m.numpy(), p) for i, m, p in zip(images, masks, prediction)]
 
 
-@torch.inference_mode()
-def predict_full_resolution(
-    model: nn.Module,
-    image: np.ndarray,
-    size: tuple[int, int],
-    runtime: Runtime,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> torch.Tensor:
-    """Train ids at the image's own resolution: the model at ``size``, logits upsampled."""
-    resized = np.array(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
-    x = normalise(torch.from_numpy(resized)[None].to(runtime.device), mean, std)
-    with runtime.autocast():
-        logits = model(runtime.prepare_input(x))
-    logits = F.interpolate(
-        logits.float(), size=image.shape[:2], mode="bilinear", align_corners=False
-    )
-    return logits.argmax(1)[0]
-
-
 def evaluate_checkpoint(
     checkpoint: Path,
     data_root: Path | None = None,
@@ -141,13 +119,23 @@ def evaluate_checkpoint(
     worst: int = 4,
     device: str = "auto",
     progress: bool = True,
+    tta: bool = False,
+    scales: Sequence[float] = (1.0,),
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """``unetseg evaluate``: metrics.json, a per-class table, charts and the worst images."""
+    """``unetseg evaluate``: metrics.json, a per-class table, charts and the worst images.
+
+    ``full_res`` scores each image at its own resolution through the predict path (where ``tta``,
+    flip averaging, and multi-scale ``scales`` apply); otherwise the cached training-size split.
+    ``overrides`` (``data.val_split=val`` ...) change the run's configuration for this scoring.
+    """
     from unetseg import viz
     from unetseg.checkpoint import model_from_checkpoint
+    from unetseg.config import with_overrides
     from unetseg.data.io import read_pair
     from unetseg.data.sources import find_samples
     from unetseg.files import write_json
+    from unetseg.predict import Predictor, predict_image
     from unetseg.runtime import local_runtime
     from unetseg.train import prepare_data
 
@@ -156,22 +144,30 @@ def evaluate_checkpoint(
         config = dataclasses.replace(
             config, data=dataclasses.replace(config.data, root=str(data_root))
         )
+    if overrides:
+        config = with_overrides(config, list(overrides))
     runtime = local_runtime(device, config.train.precision)
     model = model.to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     out = out or checkpoint.parent / f"evaluation_{split}{'_fullres' if full_res else ''}"
     out.mkdir(parents=True, exist_ok=True)
-    size = (config.data.size[0], config.data.size[1])
     mean, std = config.data.mean, config.data.std
+    if (tta or list(scales) != [1.0]) and not full_res:
+        raise ValueError("test-time augmentation (tta, scales) applies to full-resolution scoring")
 
     if full_res:
+        predictor = Predictor.from_model(model, config, class_set, runtime)
+
+        def predict(rgb: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(predict_image(predictor, rgb, tta, scales=scales)).long()
+
         samples = find_samples(config.data, split)
         confusion = ConfusionMatrix(class_set.num_classes)
         records = []  # (image mIoU, sample)
         for sample in tqdm(samples, desc=f"evaluate {split} (full res)", disable=not progress):
             rgb, _, train_ids = read_pair(sample, class_set)
-            prediction = predict_full_resolution(model, rgb, size, runtime, mean, std).cpu()
+            prediction = predict(rgb)
             truth = torch.from_numpy(train_ids).long()
             confusion.update(prediction, truth)
             matrix = per_image_matrices(prediction[None], truth[None], class_set.num_classes)[0]
@@ -181,8 +177,7 @@ def evaluate_checkpoint(
         worst_scores, worst_rows = [r[0] for r in records[:worst]], []
         for _, sample in records[:worst]:  # decode again rather than hold every image in memory
             rgb, _, train_ids = read_pair(sample, class_set)
-            prediction = predict_full_resolution(model, rgb, size, runtime, mean, std)
-            worst_rows.append((rgb, train_ids, prediction.cpu().numpy().astype(np.uint8)))
+            worst_rows.append((rgb, train_ids, predict(rgb).numpy().astype(np.uint8)))
     else:
         cached = prepare_data(config, class_set, splits=(split,), progress=progress)[split]
         loader = torch.utils.data.DataLoader(cached, batch_size=config.train.batch_size)
@@ -209,6 +204,8 @@ def evaluate_checkpoint(
         checkpoint=str(checkpoint),
         split=split,
         full_resolution=full_res,
+        tta=tta,
+        scales=list(scales),
         data_root=config.data.root,
     )
     write_json(out / "metrics.json", metrics)

@@ -2,8 +2,9 @@
 
 Each image is resized so that its area matches the training area (the scale the model learned),
 its logits are upsampled back to the original size and arg-maxed. Optionally the prediction is
-averaged with that of the mirrored image (test-time augmentation), or the image is tiled at its own
-resolution with overlapping windows of the training size instead of being shrunk.
+averaged with that of the mirrored image and/or of rescaled copies (test-time augmentation), or the
+image is tiled at its own resolution with overlapping windows of the training size instead of being
+shrunk.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from unetseg import viz
 from unetseg.checkpoint import CheckpointError, model_from_checkpoint
+from unetseg.config import Config
 from unetseg.data.classes import ClassSet
 from unetseg.data.io import DataError, list_images, read_rgb
 from unetseg.data.transforms import normalise
@@ -61,7 +63,15 @@ class Predictor:
     def from_checkpoint(cls, path: Path, device: str = "auto") -> Predictor:
         """A checkpoint's model in eval mode on ``device`` (auto: CUDA, then MPS, then CPU)."""
         model, config, class_set = model_from_checkpoint(path)
-        runtime = local_runtime(device, config.train.precision)
+        return cls.from_model(
+            model, config, class_set, local_runtime(device, config.train.precision)
+        )
+
+    @classmethod
+    def from_model(
+        cls, model: UNet, config: Config, class_set: ClassSet, runtime: Runtime
+    ) -> Predictor:
+        """A loaded model with its run's configuration, at the runtime's precision and layout."""
         size = config.data.size
         return cls(
             _torch_runner(model, runtime),
@@ -145,6 +155,7 @@ def predict_image(
     tta: bool = False,
     sliding_window: bool = False,
     batch_size: int = 4,
+    scales: Sequence[float] = (1.0,),
 ) -> np.ndarray:
     """(H, W, 3) uint8 -> (H, W) uint8 train ids at the image's own resolution.
 
@@ -152,21 +163,45 @@ def predict_image(
     (bilinear) and arg-maxed. ``tta`` averages the softmax with that of the mirrored image.
     ``sliding_window`` instead tiles the full-resolution image with windows of the training size
     (1/3 overlap, ``batch_size`` windows per forward pass), averaging softmax where they overlap.
+    ``scales`` (resize path only) averages the softmax over the inference size times each scale.
     """
+    check_scales(scales, sliding_window)
     if sliding_window:
         return _predict_sliding(predictor, image, tta, batch_size)
-    return _predict_resized(predictor, [image], tta)[0]
+    return _predict_resized(predictor, [image], tta, scales)[0]
 
 
-def _predict_resized(predictor: Predictor, images: list[np.ndarray], tta: bool) -> list[np.ndarray]:
-    """Masks of images that share one inference size, in one forward pass."""
+def check_scales(scales: Sequence[float], sliding_window: bool) -> None:
+    """Multi-scale test-time augmentation needs positive scales and the resize path."""
+    if not scales or any(not 0 < s <= 4 for s in scales):
+        raise ValueError(f"test-time scales must lie in (0, 4], got {list(scales)}")
+    if sliding_window and list(scales) != [1.0]:
+        raise ValueError(
+            "multi-scale test-time augmentation cannot be combined with sliding windows"
+        )
+
+
+def _predict_resized(
+    predictor: Predictor,
+    images: list[np.ndarray],
+    tta: bool,
+    scales: Sequence[float] = (1.0,),
+) -> list[np.ndarray]:
+    """Masks of images that share one inference size, one forward pass per scale."""
     height, width = images[0].shape[:2]
-    size = inference_size(width, height, predictor.input_size)
-    resized = [
-        np.asarray(Image.fromarray(i).resize(size, Image.Resampling.BILINEAR)) for i in images
-    ]
-    batch = torch.from_numpy(np.stack(resized)).to(predictor.device)
-    scores = _scores(predictor, normalise(batch, predictor.mean, predictor.std), tta, tta)
+    base = inference_size(width, height, predictor.input_size)
+    softmax = tta or len(scales) > 1  # logits of different passes are not comparable
+    scores = None
+    for scale in scales:
+        size = (_round16(base[0] * scale), _round16(base[1] * scale))
+        resized = [
+            np.asarray(Image.fromarray(i).resize(size, Image.Resampling.BILINEAR)) for i in images
+        ]
+        batch = torch.from_numpy(np.stack(resized)).to(predictor.device)
+        part = _scores(predictor, normalise(batch, predictor.mean, predictor.std), tta, softmax)
+        if size != base:
+            part = F.interpolate(part, size=base[::-1], mode="bilinear", align_corners=False)
+        scores = part if scores is None else scores + part
     return [
         _upsample_argmax(s, i.shape[0], i.shape[1]).cpu().numpy() for s, i in zip(scores, images)
     ]
@@ -277,6 +312,7 @@ def predict_paths(
     tta: bool = False,
     sliding_window: bool = False,
     progress: bool = True,
+    scales: Sequence[float] = (1.0,),
 ) -> PredictReport:
     """Write colour, overlay and id masks for every image in ``inputs`` (files and folders).
 
@@ -287,6 +323,7 @@ def predict_paths(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    check_scales(scales, sliding_window)
     report = PredictReport()
     jobs = _plan(inputs, output, predictor.class_set, report)
     workers = min(4, os.cpu_count() or 1)
@@ -294,7 +331,7 @@ def predict_paths(
     bar = tqdm(total=len(jobs) + len(report.failed), disable=not progress, unit="image")
     bar.update(len(report.failed))
     writer = _Writer(pool, predictor.class_set, report, bar, depth=2 * workers)
-    batcher = _Batcher(predictor, batch_size, tta, writer)
+    batcher = _Batcher(predictor, batch_size, tta, scales, writer)
     with sigterm_as_interrupt():  # SIGTERM: the same clean stop as Ctrl-C
         try:
             for job, image in _read_ahead(pool, jobs, 2 * batch_size, writer):
@@ -397,8 +434,16 @@ def _read_ahead(
 class _Batcher:
     """Groups images by inference size and predicts a group once it holds ``batch_size``."""
 
-    def __init__(self, predictor: Predictor, batch_size: int, tta: bool, writer: _Writer) -> None:
-        self.predictor, self.batch_size, self.tta, self.writer = predictor, batch_size, tta, writer
+    def __init__(
+        self,
+        predictor: Predictor,
+        batch_size: int,
+        tta: bool,
+        scales: Sequence[float],
+        writer: _Writer,
+    ) -> None:
+        self.predictor, self.batch_size, self.writer = predictor, batch_size, writer
+        self.tta, self.scales = tta, scales
         self.groups: dict[tuple[int, int], list[tuple[_Job, np.ndarray]]] = {}
 
     def add(self, job: _Job, image: np.ndarray) -> None:
@@ -416,7 +461,8 @@ class _Batcher:
 
     def _run(self, size: tuple[int, int]) -> None:
         group = self.groups.pop(size)
-        masks = _predict_resized(self.predictor, [image for _, image in group], self.tta)
+        images = [image for _, image in group]
+        masks = _predict_resized(self.predictor, images, self.tta, self.scales)
         for (job, image), mask in zip(group, masks):
             self.writer.submit(job, image, mask)
 

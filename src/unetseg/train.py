@@ -37,6 +37,7 @@ from unetseg.data.loader import StreamBatchSampler, default_workers, train_loade
 from unetseg.data.sources import ensure_synthetic, find_samples
 from unetseg.data.tools import stats_of_masks
 from unetseg.data.transforms import prepare_batch
+from unetseg.ema import WeightAverage
 from unetseg.evaluate import comparison_rows, evaluate_model
 from unetseg.files import atomic_path, write_json, write_text
 from unetseg.losses import SegmentationLoss
@@ -148,6 +149,7 @@ class Trainer:
         if not self.rt.is_main:
             self.data = prepare_data(config, self.class_set, progress=False)
         self.model = self._build_model()
+        self.ema = WeightAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.optimizer = build_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler(
             self.rt.device.type, enabled=self.rt.amp_dtype == torch.float16
@@ -162,6 +164,7 @@ class Trainer:
             t.base_lr, t.min_lr, t.warmup_steps, t.training_iterations, t.decay, t.decay_factor
         )
         self.step, self.best_miou, self.nonfinite_total = 0, -1.0, 0
+        self.elapsed_s = 0.0  # wall-clock seconds of the training loop, across resumes
         self.last_checkpoint: Path | None = None
         if resume:
             self._resume()
@@ -217,12 +220,29 @@ class Trainer:
         self.step = int(state["step"])
         self.best_miou = float(state["best_miou"])
         self.nonfinite_total = int(state["nonfinite_total"])
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        if self.ema is not None and state.get("ema"):  # else: the average starts again here
+            self.ema.load_state_dict(state["ema"])
         self.last_checkpoint = path
         if self.rt.is_main:
             print(f"resuming from {path} at step {self.step}", file=sys.stderr)
             # What a killed run was writing (atomic writes' temporaries) will never be finished.
             for stale in [*self.run_dir.glob(".*.tmp*"), *self.run_dir.glob("*/.*.tmp*")]:
                 stale.unlink(missing_ok=True)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated, snapshot and shipped: the weight average when there is one."""
+        return self.ema.module if self.ema is not None else self.forward_model
+
+    def budget_progress(self) -> float | None:
+        """The share of ``train.time_budget_min`` spent, or None without a budget."""
+        budget = self.config.train.time_budget_min
+        return self.elapsed_s / (60 * budget) if budget > 0 else None
+
+    def budget_spent(self) -> bool:
+        progress = self.budget_progress()
+        return progress is not None and progress >= 1.0
 
     # -- checkpoints -----------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -232,7 +252,11 @@ class Trainer:
             "model": ckpt.unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "lr": self.schedule(min(self.step, self.config.train.training_iterations - 1)),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "elapsed_s": self.elapsed_s,
+            "lr": self.schedule(
+                min(self.step, self.config.train.training_iterations - 1), self.budget_progress()
+            ),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": (
@@ -272,7 +296,7 @@ class Trainer:
     def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
         """Accumulate ``accum_steps`` micro-batches, clip, and step (or skip a non-finite step)."""
         t, rt = self.config.train, self.rt
-        lr = self.schedule(self.step)
+        lr = self.schedule(self.step, self.budget_progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.forward_model.train()
@@ -311,6 +335,8 @@ class Trainer:
         finite = loss_finite and (grads_finite or self.scaler.is_enabled())
         if loss_finite and grads_finite:
             self.scaler.step(self.optimizer)
+            if self.ema is not None:
+                self.ema.update(self.model)
         else:
             with torch.no_grad():
                 for buffer, saved in zip(self.model.buffers(), buffers):
@@ -338,7 +364,7 @@ class Trainer:
             self.rt.world_size,
         )
         result = evaluate_model(
-            self.forward_model,
+            self.eval_model,
             loader,
             self.class_set,
             self.rt,
@@ -357,7 +383,7 @@ class Trainer:
             return
         pairs = [val[i] for i in range(count)]
         mean, std = self.config.data.mean, self.config.data.std
-        rows = comparison_rows(ckpt.unwrap(self.model), pairs, self.rt, mean, std)
+        rows = comparison_rows(ckpt.unwrap(self.eval_model), pairs, self.rt, mean, std)
         grid = viz.comparison_grid(rows, self.class_set)
         grid = np.concatenate([grid, viz.legend_strip(self.class_set, grid.shape[1])], axis=0)
         viz.save_image(grid, self.run_dir / "snapshots" / f"step_{self.step:07d}.png")
@@ -418,6 +444,11 @@ class RunLog:
             self.run_dir / "curves_miou.png",
             "mIoU",
         )
+        viz.plot_curves(
+            {"learning rate": ([r["step"] for r in train], [r["lr"] for r in train])},
+            self.run_dir / "curves_lr.png",
+            "learning rate",
+        )
 
     def close(self) -> None:
         if self.writer is not None:
@@ -454,9 +485,12 @@ def _run(trainer: Trainer) -> TrainResult:
             save_config(config, temporary)
         if trainer.last_checkpoint is not None:  # resumed: steps after the checkpoint come again
             log.truncate(trainer.step)
-        viz.plot_schedule(
-            trainer.schedule.values(), run_dir / "schedule.png", f"learning rate ({t.decay} decay)"
-        )
+        if t.time_budget_min <= 0:  # a budgeted run's decay follows the clock: see curves_lr
+            viz.plot_schedule(
+                trainer.schedule.values(),
+                run_dir / "schedule.png",
+                f"learning rate ({t.decay} decay)",
+            )
     sampler = StreamBatchSampler(
         len(trainer.data["train"]),
         t.batch_size,
@@ -468,17 +502,12 @@ def _run(trainer: Trainer) -> TrainResult:
     batches = iter(train_loader(trainer.data["train"], sampler, trainer.workers, rt.device))
     images_per_step = t.batch_size * t.accum_steps * rt.world_size
     consecutive_bad, step_seconds, logged_step = 0, 0.0, trainer.step
-    bar = tqdm(
-        total=t.training_iterations,
-        initial=trainer.step,
-        desc="train",
-        unit="step",
-        disable=not (trainer.progress and rt.is_main),
-        dynamic_ncols=True,
-    )
+    bar = _progress_bar(trainer)
+    clock = time.perf_counter() - trainer.elapsed_s  # a resumed run's budget goes on
     with StopSignal() as stop, bar:
-        while trainer.step < t.training_iterations:
+        while trainer.step < t.training_iterations and not trainer.budget_spent():
             started = time.perf_counter()
+            trainer.elapsed_s = started - clock
             stats = trainer.train_step(batches)
             step_seconds += time.perf_counter() - started
             consecutive_bad = 0 if stats["finite"] else consecutive_bad + 1
@@ -491,9 +520,11 @@ def _run(trainer: Trainer) -> TrainResult:
                         f"{trainer.last_checkpoint or 'none'}"
                     )
             trainer.step += 1
+            trainer.elapsed_s = time.perf_counter() - clock
             step = trainer.step
-            bar.update()
-            if step % t.log_interval == 0 or step == t.training_iterations:
+            last = step == t.training_iterations or trainer.budget_spent()
+            bar.update(step - bar.n if t.time_budget_min <= 0 else int(trainer.elapsed_s) - bar.n)
+            if step % t.log_interval == 0 or last:
                 # Throughput of the training steps since the last row (evaluation excluded).
                 images_per_s = images_per_step * (step - logged_step) / step_seconds
                 step_seconds, logged_step = 0.0, step
@@ -505,12 +536,12 @@ def _run(trainer: Trainer) -> TrainResult:
                     "memory_mb": _memory_mb(rt.device),
                 }
                 log.append("log.jsonl", row)
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.1e}")
-            if step % t.eval_interval == 0 or step == t.training_iterations:
+                bar.set_postfix(step=step, loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.1e}")
+            if step % t.eval_interval == 0 or last:
                 _periodic_eval(trainer, log, bar)
             if step % t.snapshot_interval == 0:
                 trainer.snapshot()
-            if step % t.save_model_interval == 0 or step == t.training_iterations:
+            if step % t.save_model_interval == 0 or last:
                 trainer.save()
             if stop.received:
                 path = trainer.save()
@@ -519,6 +550,20 @@ def _run(trainer: Trainer) -> TrainResult:
                     f"continue with --resume {run_dir}"
                 )
     return _finish(trainer, log)
+
+
+def _progress_bar(trainer: Trainer) -> tqdm:
+    """Steps out of ``training_iterations``, or seconds out of the time budget."""
+    t = trainer.config.train
+    budget = t.time_budget_min > 0
+    return tqdm(
+        total=round(60 * t.time_budget_min) if budget else t.training_iterations,
+        initial=int(trainer.elapsed_s) if budget else trainer.step,
+        desc="train",
+        unit="s" if budget else "step",
+        disable=not (trainer.progress and trainer.rt.is_main),
+        dynamic_ncols=True,
+    )
 
 
 def _periodic_eval(trainer: Trainer, log: RunLog, bar: tqdm) -> None:
@@ -550,7 +595,7 @@ def _finish(trainer: Trainer, log: RunLog) -> TrainResult:
     metrics.update(step=trainer.step, split="val", val_loss=_finite(result["loss"]))
     if trainer.rt.is_main:
         ckpt.export_safetensors(
-            trainer.model, trainer.config, trainer.class_set, run_dir / "model.safetensors"
+            trainer.eval_model, trainer.config, trainer.class_set, run_dir / "model.safetensors"
         )
         write_json(run_dir / "metrics.json", metrics)
         trainer.snapshot()

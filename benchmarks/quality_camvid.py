@@ -1,0 +1,144 @@
+"""Issue 8: train the CamVid recipe for a wall-clock budget and score it on unseen frames.
+
+    python benchmarks/quality_camvid.py --budget-min 60 [--config configs/camvid.yaml]
+        [--out RUN_DIR] [--cross-sequence] [--tta flip] [--scales 0.75,1,1.25] [key=value ...]
+
+Trains ``configs/camvid.yaml`` (plus any ``section.key=value`` overrides) until the budget is spent:
+the learning rate decays over the clock (``train.time_budget_min``), so a shorter budget is the
+same recipe compressed. Then the best checkpoint (by periodic val mIoU) is scored on CamVid's val
+split at the full 480x360 resolution, over the 11 classes (void ignored), without test-time
+augmentation (how anyone scoring the checkpoint with ``unetseg evaluate --full-res`` gets it), and
+again with ``--tta``/``--scales`` when given.
+
+``--cross-sequence`` is the generalisation check used to choose the recipe: it trains on the 0006R0
+and 0016E5 frames of the train split only and validates on its 62 0001TP frames, a street the
+model never saw (the standard val frames come from 0016E5, whose other frames are trained on).
+The standard val split is scored as well.
+
+The run folder keeps everything ``unetseg train`` writes (report.html included) plus one
+``evaluation_*`` folder per scoring. The last line printed is JSON with ``val_miou``,
+``budget_min``, ``images_seen`` and ``checkpoint``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine  # noqa: E402
+
+from unetseg.checkpoint import load_checkpoint  # noqa: E402
+from unetseg.cli import _scales  # noqa: E402
+from unetseg.config import load_config  # noqa: E402
+from unetseg.evaluate import evaluate_checkpoint  # noqa: E402
+from unetseg.train import train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CROSS_SEQUENCE = [
+    "data.val_split=train",
+    "data.val_filter=['0001TP*']",
+    "data.train_filter=['0006R0*','0016E5*']",
+]
+STANDARD_VAL = ["data.val_split=val", "data.val_filter=[]"]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-min", type=float, default=60.0, help="training minutes (60)")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "camvid.yaml")
+    parser.add_argument("--out", type=Path, help="run folder (default: runs/quality_camvid-...)")
+    parser.add_argument("--cross-sequence", action="store_true", help="hold out sequence 0001TP")
+    parser.add_argument("--tta", choices=["none", "flip"], default="none")
+    parser.add_argument("--scales", type=_scales, default=(1.0,), help="e.g. 0.75,1,1.25")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    args = parser.parse_args()
+    if args.budget_min <= 0:
+        parser.error("--budget-min must be positive")
+    return args
+
+
+def score(
+    checkpoint: Path, name: str, overrides: list[str], args: argparse.Namespace, tta: bool
+) -> dict[str, Any]:
+    """Full-resolution scores of ``checkpoint`` on the split the overrides select."""
+    scales = args.scales if tta else (1.0,)
+    flip = tta and args.tta == "flip"
+    suffix = "_tta" if tta else ""
+    print(f"\n== {name}{' with test-time augmentation' if tta else ''}", flush=True)
+    result = evaluate_checkpoint(
+        checkpoint,
+        full_res=True,
+        out=checkpoint.parent / f"evaluation_{name}{suffix}",
+        device=args.device,
+        tta=flip,
+        scales=scales,
+        overrides=overrides,
+    )
+    metrics = result["metrics"]
+    per_class = {name: value["iou"] for name, value in metrics["per_class"].items()}
+    return {"miou": metrics["miou"], "per_class_iou": per_class}
+
+
+def main() -> None:
+    args = parse_args()
+    split = CROSS_SEQUENCE if args.cross_sequence else []
+    overrides = [
+        *split,
+        f"train.time_budget_min={args.budget_min}",
+        "train.training_iterations=100000000",  # the budget ends the run
+        f"train.device={args.device}",
+        *args.overrides,
+    ]
+    config = load_config(args.config, overrides)
+    run_dir = args.out or REPO / "runs" / f"quality_camvid-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"machine: {machine()}")
+    print(f"run folder: {run_dir}; budget {args.budget_min} min", flush=True)
+    started = time.perf_counter()
+    result = train(config, run_dir)
+    train_minutes = (time.perf_counter() - started) / 60
+    checkpoint = result.best_checkpoint or result.final_checkpoint
+    state = load_checkpoint(result.final_checkpoint)
+    t = config.train
+    images_seen = int(state["step"]) * t.batch_size * t.accum_steps
+
+    splits = {"val": STANDARD_VAL}
+    if args.cross_sequence:
+        splits["cross_sequence"] = CROSS_SEQUENCE[:2]
+    with_tta = args.tta != "none" or args.scales != (1.0,)
+    scores = {}
+    for name, split_overrides in splits.items():
+        scores[name] = score(checkpoint, name, split_overrides, args, tta=False)
+        if with_tta:
+            scores[f"{name}_tta"] = score(checkpoint, name, split_overrides, args, tta=True)
+
+    print(
+        f"\nimages seen {images_seen} in {int(state['step'])} steps; wall {train_minutes:.1f} min"
+    )
+    for name, value in scores.items():
+        per_class = ", ".join(f"{k} {v or 0:.3f}" for k, v in value["per_class_iou"].items())
+        print(f"{name}: mIoU {value['miou']:.4f} ({per_class})")
+    summary = {
+        "val_miou": scores["val"]["miou"],
+        "cross_sequence_miou": scores.get("cross_sequence", {}).get("miou"),
+        "budget_min": args.budget_min,
+        "images_seen": images_seen,
+        "steps": int(state["step"]),
+        "checkpoint": str(checkpoint),
+        "train_wall_min": round(train_minutes, 2),
+        "tta": {"flip": args.tta == "flip", "scales": list(args.scales)} if with_tta else None,
+        "scores": scores,
+        "overrides": args.overrides,
+        "command": " ".join(["python", *sys.argv]),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The weight average: hand-computed updates, the decay ramp, buffers, and its state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from unetseg.ema import WeightAverage
+
+
+def small_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+
+
+def test_updates_follow_the_ramped_decay_by_hand():
+    model = small_model()
+    average = WeightAverage(model, decay=0.99)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    average.update(model)  # decay min(0.99, 2/11): the average moves 9/11 of the way
+    expected = start + 9 / 11
+    assert torch.allclose(average.module[0].weight, expected, atol=1e-6)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    average.update(model)  # decay 3/12 = 0.25
+    assert torch.allclose(average.module[0].weight, expected + 0.75 * (start + 2 - expected))
+    for _ in range(1000):
+        average.update(model)
+    assert average.current_decay() == pytest.approx(0.99)
+    assert torch.allclose(average.module[0].weight, start + 2, atol=1e-5)
+
+
+def test_batch_norm_statistics_are_averaged_and_counters_copied():
+    model = small_model()
+    average = WeightAverage(model, decay=0.5)
+    model.train()
+    model(torch.randn(4, 1, 3, 3) + 5.0)  # moves running_mean towards 5, counts one batch
+    average.update(model)  # decay min(0.5, 2/11) = 2/11
+    bn, shadow = model[1], average.module[1]
+    assert torch.allclose(shadow.running_mean, bn.running_mean * 9 / 11)
+    assert int(shadow.num_batches_tracked) == 1
+
+
+def test_the_average_is_frozen_and_its_state_round_trips():
+    model = small_model()
+    average = WeightAverage(model, decay=0.9)
+    assert not any(p.requires_grad for p in average.module.parameters())
+    assert not average.module.training
+    with torch.no_grad():
+        model[0].bias.add_(3.0)
+    average.update(model)
+    restored = WeightAverage(small_model(), decay=0.9)
+    restored.load_state_dict(average.state_dict())
+    assert restored.updates == 1
+    assert torch.equal(restored.module[0].bias, average.module[0].bias)
