@@ -13,7 +13,8 @@ again with ``--tta``/``--scales`` when given.
 ``--cross-sequence`` is the generalisation check used to choose the recipe: it trains on the 0006R0
 and 0016E5 frames of the train split only and validates on its 62 0001TP frames, a street the
 model never saw (the standard val frames come from 0016E5, whose other frames are trained on).
-The standard val split is scored as well.
+The standard val split is scored as well, both with the final checkpoint (the held-out split must
+not choose the checkpoint it scores).
 
 The run folder keeps everything ``unetseg train`` writes (report.html included) plus one
 ``evaluation_*`` folder per scoring. The last line printed is JSON with ``val_miou``,
@@ -31,10 +32,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine  # noqa: E402
+from common import Output, machine  # noqa: E402
 
+from unetseg.allocator import use_fast_allocator  # noqa: E402
 from unetseg.checkpoint import load_checkpoint  # noqa: E402
-from unetseg.cli import _scales  # noqa: E402
+from unetseg.cli import parse_scales  # noqa: E402
 from unetseg.config import load_config  # noqa: E402
 from unetseg.evaluate import evaluate_checkpoint  # noqa: E402
 from unetseg.train import train  # noqa: E402
@@ -55,8 +57,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="run folder (default: runs/quality_camvid-...)")
     parser.add_argument("--cross-sequence", action="store_true", help="hold out sequence 0001TP")
     parser.add_argument("--tta", choices=["none", "flip"], default="none")
-    parser.add_argument("--scales", type=_scales, default=(1.0,), help="e.g. 0.75,1,1.25")
+    parser.add_argument("--scales", type=parse_scales, default=(1.0,), help="e.g. 0.75,1,1.25")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--record", type=Path, help="append the summary to this results file")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = parser.parse_args()
     if args.budget_min <= 0:
@@ -88,6 +91,7 @@ def score(
 
 def main() -> None:
     args = parse_args()
+    use_fast_allocator()  # as the unetseg command does: the default being measured
     split = CROSS_SEQUENCE if args.cross_sequence else []
     overrides = [
         *split,
@@ -103,7 +107,11 @@ def main() -> None:
     started = time.perf_counter()
     result = train(config, run_dir)
     train_minutes = (time.perf_counter() - started) / 60
-    checkpoint = result.best_checkpoint or result.final_checkpoint
+    # The held-out split must not pick the checkpoint it then scores: cross-sequence runs score the
+    # final weights; standard runs the best by periodic val mIoU, as the issue asks.
+    checkpoint = result.final_checkpoint
+    if not args.cross_sequence and result.best_checkpoint is not None:
+        checkpoint = result.best_checkpoint
     state = load_checkpoint(result.final_checkpoint)
     t = config.train
     images_seen = int(state["step"]) * t.batch_size * t.accum_steps
@@ -118,12 +126,16 @@ def main() -> None:
         if with_tta:
             scores[f"{name}_tta"] = score(checkpoint, name, split_overrides, args, tta=True)
 
-    print(
-        f"\nimages seen {images_seen} in {int(state['step'])} steps; wall {train_minutes:.1f} min"
-    )
+    out = Output()
+    out()
+    out(f"recipe {args.config.name} + {' '.join(args.overrides) or 'no overrides'}")
+    held_out = "cross-sequence (train 0006R0 + 0016E5, val 0001TP)"
+    out(f"split: {held_out if args.cross_sequence else 'standard'}")
+    out(f"images seen {images_seen} in {int(state['step'])} steps; wall {train_minutes:.1f} min")
+    out(f"scored: {checkpoint}, at full resolution")
     for name, value in scores.items():
         per_class = ", ".join(f"{k} {v or 0:.3f}" for k, v in value["per_class_iou"].items())
-        print(f"{name}: mIoU {value['miou']:.4f} ({per_class})")
+        out(f"{name}: mIoU {value['miou']:.4f} ({per_class})")
     summary = {
         "val_miou": scores["val"]["miou"],
         "cross_sequence_miou": scores.get("cross_sequence", {}).get("miou"),
@@ -137,7 +149,10 @@ def main() -> None:
         "overrides": args.overrides,
         "command": " ".join(["python", *sys.argv]),
     }
-    print(json.dumps(summary))
+    out(json.dumps(summary))
+    out.record(
+        args.record, f"CamVid quality, {args.budget_min:g} min (benchmarks/quality_camvid.py)"
+    )
 
 
 if __name__ == "__main__":

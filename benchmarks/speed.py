@@ -40,6 +40,7 @@ import contextlib
 import gc
 import itertools
 import json
+import os
 import resource
 import statistics
 import sys
@@ -59,7 +60,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import alternating_rates, machine, median_rate  # noqa: E402
+from common import Output, alternating_rates, machine, median_rate  # noqa: E402
 
 from unetseg.cli import parse_size  # noqa: E402
 from unetseg.config import Config, load_config  # noqa: E402
@@ -115,6 +116,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--predict-images", type=int, default=8, help="images for predict (8)")
     parser.add_argument("--predict-repeats", type=int, default=3, help="predict passes (3)")
     parser.add_argument("--matmul-size", type=int, default=4096, help="n of the n x n matmul")
+    parser.add_argument("--record", type=Path, help="append the output to this results file")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-speed")
     args = parser.parse_args()
     if args.warmup < 1 or args.repeats < 1:
@@ -525,14 +527,14 @@ def cell(value: Any, key: str | None) -> str:
     return f"{value:.4g}"
 
 
-def print_table(results: dict[str, dict[str, Any]]) -> None:
+def print_table(results: dict[str, dict[str, Any]], out: Output) -> None:
     """One row per variant; images/s unless the column says otherwise."""
-    print("  ".join(f"{title:>{width}}" for title, width, _ in COLUMNS))
+    out("  ".join(f"{title:>{width}}" for title, width, _ in COLUMNS))
     for name, result in results.items():
         cells = [f"{name:>{COLUMNS[0][1]}}"]
         for _, width, key in COLUMNS[1:]:
             cells.append(f"{cell(result.get(key), key):>{width}}")
-        print("  ".join(cells))
+        out("  ".join(cells))
 
 
 def rounded(value: Any) -> Any:
@@ -602,27 +604,35 @@ def main() -> None:
     predict_rate = predict_throughput(args, checkpoint, folder, args.device)
     onnx = onnx_vs_torch(args, checkpoint)
 
+    out = Output()
+    out(f"machine: {machine()}")
+    out(f"device {device}; U-Net width {args.width}; {width}x{height}; batch {args.batch}")
+    out(f"allocator: {os.environ.get('LD_PRELOAD') or 'the system allocator'}")
+    out(
+        f"matmul {args.matmul_size}^2 GFLOP/s: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in ceilings.items())
+    )
     unet, original = results["unetseg"], results["original"]
-    print()
-    print(f"loader workers {workers}; training img/s end to end include the data; images/s unless")
-    print("noted; %peak: achieved GFLOP/s (training at the model-only rate, inference at batch N)")
-    print("over this run's matmul rate for the variant's dtype; peak MiB: " + memory_note(device))
+    out()
+    out(f"loader workers {workers}; training img/s end to end include the data; images/s unless")
+    out("noted; %peak: achieved GFLOP/s (training at the model-only rate, inference at batch N)")
+    out("over this run's matmul rate for the variant's dtype; peak MiB: " + memory_note(device))
     if device.type == "cuda":
-        print(
+        out(
             "(fp32 convolutions may use TF32 on CUDA, the fp32 matmul does not: %peak can pass 100)"
         )
-    print_table(results)
+    print_table(results, out)
     speedup = unet["model_only_img_s"] / original["model_only_img_s"]
-    print(
+    out(
         f"unetseg default model-only over fp32 NCHW (the original's model part): {speedup:.2f}x; "
         f"data overhead {1 - unet['end_to_end_img_s'] / unet['model_only_img_s']:.1%}"
     )
-    print(
+    out(
         f"predict path ({args.predict_images} PNGs {PREDICT_SIZE[0]}x{PREDICT_SIZE[1]}, "
         f"batch {PREDICT_BATCH}, device {args.device}): {predict_rate:.4g} img/s"
     )
     if onnx is not None:
-        print(
+        out(
             f"batch 1 on the CPU: onnxruntime {onnx['onnxruntime_img_s']:.4g} img/s, torch eager "
             f"{onnx['torch_eager_img_s']:.4g} img/s, ratio {onnx['ratio']:.2f}x "
             f"(max |logit difference| {onnx['max_abs_logit_difference']:.1e})"
@@ -641,7 +651,8 @@ def main() -> None:
         "batch": args.batch,
         "variants": results,
     }
-    print(json.dumps(rounded(summary)))
+    out(json.dumps(rounded(summary)))
+    out.record(args.record, "Speed, side by side (benchmarks/speed.py)")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from unetseg.checkpoint import load_checkpoint, model_from_checkpoint
 from unetseg.config import load_config
+from unetseg.data.tools import stats_of_masks
 from unetseg.train import Trainer, TrainingError, TrainingInterrupted, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,3 +242,18 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(synthetic_root
         )
     )
     assert changed  # the comparison is between trained weights, not two initialisations
+
+
+@pytest.mark.parametrize("weighting", ["median_frequency", "sqrt_median_frequency"])
+def test_class_weighting_uses_the_train_masks(synthetic_root, tmp_path, weighting):
+    extra = {"loss.class_weighting": weighting}
+    config = load_config(None, tiny_overrides(synthetic_root, tmp_path / "cache", **extra))
+    trainer = Trainer(config, tmp_path / "run", resume=False, progress=False)
+    names = trainer.class_set.names
+    expected = stats_of_masks(trainer.data["train"].masks, names).median_frequency_weights()
+    if weighting == "sqrt_median_frequency":
+        expected = [w**0.5 for w in expected]
+    written = json.loads((tmp_path / "run" / "class_weights.json").read_text())
+    assert list(written) == list(names)
+    assert list(written.values()) == pytest.approx(expected)
+    assert max(expected) > 1.0 > min(w for w in expected if w > 0)  # rare up, common down

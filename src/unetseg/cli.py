@@ -45,7 +45,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def _scales(text: str) -> tuple[float, ...]:
+def parse_scales(text: str) -> tuple[float, ...]:
     """Comma-separated test-time scales in (0, 4], for argparse."""
     try:
         scales = tuple(float(v) for v in text.split(","))
@@ -65,7 +65,7 @@ def _add_tta_arguments(parser: argparse.ArgumentParser, condition: str) -> None:
     )
     parser.add_argument(
         "--scales",
-        type=_scales,
+        type=parse_scales,
         default=(1.0,),
         help=f"{condition}average the prediction over these rescalings of the inference size, "
         "e.g. 0.75,1,1.25 (default 1)",
@@ -460,5 +460,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> int:
+    """The ``unetseg`` console command: ``main`` under the faster allocator where available."""
+    from unetseg.allocator import use_fast_allocator
+
+    use_fast_allocator()  # re-executes this command once, before any work
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

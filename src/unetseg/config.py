@@ -79,7 +79,8 @@ class LossConfig:
     ce_weight: float = 1.0
     dice_weight: float = 1.0
     class_weights: list[float] = field(default_factory=list)  # explicit weights, one per class
-    class_weighting: str = "none"  # none | median_frequency (computed from the train split)
+    # none | median_frequency | sqrt_median_frequency (the milder square root), from the train masks
+    class_weighting: str = "none"
 
 
 @dataclass
@@ -133,7 +134,7 @@ CHOICES = {
     "data.kind": ("synthetic", "cityscapes", "folders"),
     "data.mask_type": ("labelIds", "color"),
     "model.upsampling": ("transpose", "bilinear"),
-    "loss.class_weighting": ("none", "median_frequency"),
+    "loss.class_weighting": ("none", "median_frequency", "sqrt_median_frequency"),
     "train.decay": ("original", "poly", "cosine"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),

@@ -179,8 +179,10 @@ class Trainer:
             return loss.class_weights
         if loss.class_weighting == "none":
             return None
-        weights = stats_of_masks(self.data["train"].masks, self.class_set.names)
-        weights = weights.median_frequency_weights()
+        stats = stats_of_masks(self.data["train"].masks, self.class_set.names)
+        weights = stats.median_frequency_weights()
+        if loss.class_weighting == "sqrt_median_frequency":  # rare classes favoured less
+            weights = [w**0.5 for w in weights]
         if self.rt.is_main:
             write_json(
                 self.run_dir / "class_weights.json", dict(zip(self.class_set.names, weights))
@@ -561,6 +563,10 @@ def _progress_bar(trainer: Trainer) -> tqdm:
         initial=int(trainer.elapsed_s) if budget else trainer.step,
         desc="train",
         unit="s" if budget else "step",
+        # Seconds out of the budget: tqdm's rate column would read "1.00s/s".
+        bar_format="{l_bar}{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]"
+        if budget
+        else None,
         disable=not (trainer.progress and trainer.rt.is_main),
         dynamic_ncols=True,
     )

@@ -1,0 +1,108 @@
+"""``evaluate_checkpoint`` at full resolution, with and without test-time augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unetseg import checkpoint as ckpt
+from unetseg.cli import main
+from unetseg.config import from_dict
+from unetseg.data.classes import camvid11
+from unetseg.evaluate import evaluate_checkpoint
+
+CONSTANT = 3  # the class the test model always predicts
+
+
+def folders_data(root: Path, count: int = 3) -> Path:
+    """CamVid-layout val images (96x48, not the training size) with random masks, void included."""
+    rng = np.random.default_rng(0)
+    (root / "val").mkdir(parents=True)
+    (root / "valannot").mkdir()
+    for i in range(count):
+        image = rng.integers(0, 256, (48, 96, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "val" / f"f{i}.png")
+        mask = rng.integers(0, 12, (48, 96), dtype=np.uint8)  # 11 = void
+        Image.fromarray(mask).save(root / "valannot" / f"f{i}.png")
+    return root
+
+
+def constant_checkpoint(path: Path, root: Path) -> Path:
+    """A width-4 model trained at 64x32 whose head always answers CONSTANT."""
+    raw = {"model": {"width": 4}, "data": {"kind": "folders", "root": str(root)}}
+    raw["data"].update(class_set="camvid11", size=[64, 32], cache_dir=str(root / "cache"))
+    config = from_dict(raw)
+    torch.manual_seed(0)
+    model = ckpt.build_model(config, camvid11().num_classes)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.head.bias[CONSTANT] = 5.0
+    state = {"format": ckpt.FORMAT, "step": 1, "model": model.state_dict()}
+    state.update(config=config.to_dict(), class_set=camvid11().to_dict())
+    ckpt.save_checkpoint(state, path)
+    return path
+
+
+@pytest.fixture
+def constant_setup(tmp_path: Path) -> tuple[Path, Path]:
+    root = folders_data(tmp_path / "camvid")
+    return constant_checkpoint(tmp_path / "model.pt", root), root
+
+
+def expected_scores(root: Path) -> tuple[float, float]:
+    """IoU of CONSTANT and mIoU by hand: every valid pixel is predicted CONSTANT."""
+    masks = np.stack([np.asarray(Image.open(p)) for p in sorted((root / "valannot").glob("*"))])
+    valid = masks[masks != 11]
+    iou = float((valid == CONSTANT).sum() / valid.size)
+    present = len(np.unique(valid))
+    return iou, iou / present  # every other present class has IoU 0
+
+
+@pytest.mark.parametrize(("tta", "scales"), [(False, (1.0,)), (True, (0.5, 1.0, 1.5))])
+def test_full_resolution_scores_match_a_hand_count(constant_setup, tmp_path, tta, scales):
+    checkpoint, root = constant_setup
+    result = evaluate_checkpoint(
+        checkpoint,
+        full_res=True,
+        out=tmp_path / "out",
+        device="cpu",
+        progress=False,
+        tta=tta,
+        scales=scales,
+    )
+    metrics = result["metrics"]
+    iou, miou = expected_scores(root)
+    assert metrics["per_class"]["Road"]["iou"] == pytest.approx(iou)
+    assert metrics["miou"] == pytest.approx(miou)
+    assert (metrics["tta"], metrics["scales"]) == (tta, list(scales))
+    assert (tmp_path / "out" / "metrics.json").is_file()
+
+
+def test_overrides_choose_the_scored_split(constant_setup, tmp_path):
+    checkpoint, root = constant_setup
+    (root / "val" / "f0.png").rename(root / "val" / "other.png")
+    (root / "valannot" / "f0.png").rename(root / "valannot" / "other.png")
+    result = evaluate_checkpoint(
+        checkpoint,
+        full_res=True,
+        out=tmp_path / "out",
+        device="cpu",
+        progress=False,
+        overrides=["data.val_filter=['other*']"],
+    )
+    mask = np.asarray(Image.open(root / "valannot" / "other.png"))
+    assert result["metrics"]["per_class"]["Road"]["gt_pixels"] == int((mask == CONSTANT).sum())
+
+
+def test_test_time_augmentation_needs_full_resolution(constant_setup, tmp_path, capsys):
+    checkpoint, _ = constant_setup
+    with pytest.raises(ValueError, match="full-resolution"):
+        evaluate_checkpoint(checkpoint, out=tmp_path / "out", device="cpu", tta=True)
+    code = main(["evaluate", "--checkpoint", str(checkpoint), "--tta", "flip"])
+    assert code == 2
+    assert "--full-res only" in capsys.readouterr().err
