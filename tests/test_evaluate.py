@@ -63,19 +63,18 @@ def expected_scores(root: Path) -> tuple[float, float]:
     return iou, iou / present  # every other present class has IoU 0
 
 
+def full_res_metrics(checkpoint: Path, out: Path, **options: object) -> dict:
+    """metrics.json of a CPU full-resolution evaluation."""
+    result = evaluate_checkpoint(
+        checkpoint, full_res=True, out=out, device="cpu", progress=False, **options
+    )
+    return result["metrics"]
+
+
 @pytest.mark.parametrize(("tta", "scales"), [(False, (1.0,)), (True, (0.5, 1.0, 1.5))])
 def test_full_resolution_scores_match_a_hand_count(constant_setup, tmp_path, tta, scales):
     checkpoint, root = constant_setup
-    result = evaluate_checkpoint(
-        checkpoint,
-        full_res=True,
-        out=tmp_path / "out",
-        device="cpu",
-        progress=False,
-        tta=tta,
-        scales=scales,
-    )
-    metrics = result["metrics"]
+    metrics = full_res_metrics(checkpoint, tmp_path / "out", tta=tta, scales=scales)
     iou, miou = expected_scores(root)
     assert metrics["per_class"]["Road"]["iou"] == pytest.approx(iou)
     assert metrics["miou"] == pytest.approx(miou)
@@ -87,16 +86,12 @@ def test_overrides_choose_the_scored_split(constant_setup, tmp_path):
     checkpoint, root = constant_setup
     (root / "val" / "f0.png").rename(root / "val" / "other.png")
     (root / "valannot" / "f0.png").rename(root / "valannot" / "other.png")
-    result = evaluate_checkpoint(
-        checkpoint,
-        full_res=True,
-        out=tmp_path / "out",
-        device="cpu",
-        progress=False,
-        overrides=["data.val_filter=['other*']"],
+    metrics = full_res_metrics(
+        checkpoint, tmp_path / "out", overrides=["data.val_filter=['other*']"]
     )
     mask = np.asarray(Image.open(root / "valannot" / "other.png"))
-    assert result["metrics"]["per_class"]["Road"]["gt_pixels"] == int((mask == CONSTANT).sum())
+    assert metrics["per_class"]["Road"]["gt_pixels"] == int((mask == CONSTANT).sum())
+    assert metrics["overrides"] == ["data.val_filter=['other*']"]
 
 
 def test_test_time_augmentation_needs_full_resolution(constant_setup, tmp_path, capsys):

@@ -43,11 +43,13 @@ def test_cosine_midpoint():
 @pytest.mark.parametrize("decay", ["poly", "cosine"])
 def test_progress_replaces_the_step_share_of_the_decay(decay):
     schedule = Schedule(1e-3, 1e-5, 10, 100, decay)
-    assert schedule(50, progress=0.0) == pytest.approx(1e-3)
+    assert schedule(10, progress=0.0) == pytest.approx(1e-3)
     assert schedule(50, progress=1.0) == pytest.approx(1e-5)
     assert schedule(50, progress=2.0) == pytest.approx(1e-5)  # past the budget: stays at min
-    # The step's own share is ignored when progress is given; warm-up still goes by steps.
-    assert schedule(20, progress=0.4) == pytest.approx(schedule(46, progress=0.4))
-    assert schedule(5, progress=0.9) == schedule(5)
+    # Whichever is further decides: the clock (0.4 > 10/90) or the steps (0.4 < 80/90).
+    assert schedule(20, progress=0.4) == pytest.approx(schedule(46))
+    assert schedule(90, progress=0.4) == pytest.approx(schedule(90))
+    assert schedule(100, progress=0.1) == pytest.approx(1e-5)
+    assert schedule(5, progress=0.9) == schedule(5)  # warm-up still goes by steps
     if decay == "cosine":
-        assert schedule(99, progress=0.5) == pytest.approx((1e-3 + 1e-5) / 2)
+        assert schedule(10, progress=0.5) == pytest.approx((1e-3 + 1e-5) / 2)

@@ -126,6 +126,12 @@ def test_the_weight_average_is_what_is_evaluated_and_shipped(synthetic_root, tmp
         assert torch.equal(value, average[key]), key
     shipped = load_file(str(run / "model.safetensors"))
     assert torch.equal(shipped["head.weight"], average["head.weight"])
+    # The run's final evaluation scored the average, not the raw weights.
+    trainer = Trainer(config, run, resume=True, progress=False)  # at the last step, both loaded
+    val_loss = json.loads((run / "metrics.json").read_text())["val_loss"]
+    assert trainer.evaluate(max_batches=0)["loss"] == pytest.approx(val_loss, rel=1e-6)
+    trainer.ema = None
+    assert trainer.evaluate(max_batches=0)["loss"] != pytest.approx(val_loss, rel=1e-3)
 
 
 def test_a_time_budget_stops_the_run_and_decays_the_rate_over_it(synthetic_root, tmp_path):
@@ -242,6 +248,24 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(synthetic_root
         )
     )
     assert changed  # the comparison is between trained weights, not two initialisations
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_two_processes_under_a_time_budget_stop_together(synthetic_root, tmp_path):
+    """Each process reads its own clock; rank 0's decides for all, or one would wait forever in
+    a collective that the other, already finished, never joins."""
+    extra = {"train.training_iterations": 100_000, "train.time_budget_min": 0.1}
+    extra |= {f"train.{k}_interval": 10_000 for k in ("eval", "save_model", "snapshot")}
+    overrides = tiny_overrides(synthetic_root, tmp_path / "cache", **extra)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "unetseg.cli", "train", "--out", str(tmp_path / "ddp"), *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "ddp" / "final.pt")
+    assert state["step"] > 2 and state["elapsed_s"] >= 6.0
+    rates = [json.loads(line)["lr"] for line in (tmp_path / "ddp" / "log.jsonl").open()]
+    assert rates[-1] < 0.1 * 0.01 + 0.001  # decayed over the clock to near min_lr
 
 
 @pytest.mark.parametrize("weighting", ["median_frequency", "sqrt_median_frequency"])

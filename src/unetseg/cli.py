@@ -384,8 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--full-res",
         action="store_true",
-        help="score at the ground truth's own resolution (logits upsampled), "
-        "as the official benchmark does",
+        help="score at the ground truth's own resolution, as the official benchmark does: each "
+        "image goes through the predict path (resized to the training area, aspect kept; logits "
+        "upsampled)",
     )
     _add_tta_arguments(evaluate, "with --full-res: ")
     evaluate.add_argument("--out", type=Path, help="output folder (default: beside the checkpoint)")

@@ -206,6 +206,7 @@ def evaluate_checkpoint(
         full_resolution=full_res,
         tta=tta,
         scales=list(scales),
+        overrides=list(overrides),
         data_root=config.data.root,
     )
     write_json(out / "metrics.json", metrics)

@@ -22,16 +22,17 @@ class Schedule:
     poly_power: float = 0.9
 
     def __call__(self, step: int, progress: float | None = None) -> float:
-        """The rate at ``step``; ``progress`` (0..1, e.g. the share of a time budget spent)
-        replaces the step's share of the decay phase for poly and cosine."""
+        """The rate at ``step``. For poly and cosine, ``progress`` (0..1, e.g. the share of a time
+        budget spent) advances the decay when it is ahead of the step's share of the decay phase:
+        whichever of the clock and ``total_steps`` ends first, the rate is at ``min_lr`` there."""
         if step < self.warmup_steps:
             # The original recipe's quadratic warm-up, floored at min_lr.
             return max(self.base_lr * step**2 / self.warmup_steps**2, self.min_lr)
         t = step - self.warmup_steps
         if self.decay == "original":
             return max(self.base_lr - math.sqrt(t / self.decay_factor), self.min_lr)
-        if progress is None:
-            progress = t / max(1, self.total_steps - self.warmup_steps)
+        share = t / max(1, self.total_steps - self.warmup_steps)
+        progress = share if progress is None else max(progress, share)
         progress = min(1.0, max(0.0, progress))
         if self.decay == "poly":
             shape = (1.0 - progress) ** self.poly_power

@@ -1,8 +1,9 @@
 """The training loop, top to bottom.
 
 One run writes everything into one folder:
-``config.yaml``, ``schedule.png``, ``log.jsonl`` (a row per logged step), ``eval.jsonl`` (a row per
-evaluation), ``curves_loss.png`` / ``curves_miou.png``, ``snapshots/step_N.png``,
+``config.yaml``, ``schedule.png`` (runs without a time budget), ``log.jsonl`` (a row per logged
+step), ``eval.jsonl`` (a row per evaluation), ``curves_loss.png`` / ``curves_miou.png`` /
+``curves_lr.png``, ``snapshots/step_N.png``,
 ``checkpoints/step_N.pt`` (+ ``.sha256``), ``best.pt``, ``final.pt``, ``model.safetensors`` (+ ``.json``)
 ``metrics.json`` (the final full evaluation on the validation split) and ``report.html``.
 """
@@ -223,8 +224,10 @@ class Trainer:
         self.best_miou = float(state["best_miou"])
         self.nonfinite_total = int(state["nonfinite_total"])
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
-        if self.ema is not None and state.get("ema"):  # else: the average starts again here
+        if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
+        elif self.ema is not None:  # averaging switched on at this resume: start from the weights
+            self.ema = WeightAverage(self.model, self.config.train.ema_decay)
         self.last_checkpoint = path
         if self.rt.is_main:
             print(f"resuming from {path} at step {self.step}", file=sys.stderr)
@@ -241,6 +244,16 @@ class Trainer:
         """The share of ``train.time_budget_min`` spent, or None without a budget."""
         budget = self.config.train.time_budget_min
         return self.elapsed_s / (60 * budget) if budget > 0 else None
+
+    def tick(self, clock: float) -> None:
+        """Set ``elapsed_s`` from the loop's clock. Under a time budget every process takes rank
+        0's reading, so that all use the same learning rate and stop at the same step."""
+        elapsed = time.perf_counter() - clock
+        if self.rt.distributed and self.config.train.time_budget_min > 0:
+            shared = torch.tensor([elapsed], dtype=torch.float64, device=self.rt.device)
+            dist.broadcast(shared, src=0)
+            elapsed = float(shared)
+        self.elapsed_s = elapsed
 
     def budget_spent(self) -> bool:
         progress = self.budget_progress()
@@ -509,7 +522,6 @@ def _run(trainer: Trainer) -> TrainResult:
     with StopSignal() as stop, bar:
         while trainer.step < t.training_iterations and not trainer.budget_spent():
             started = time.perf_counter()
-            trainer.elapsed_s = started - clock
             stats = trainer.train_step(batches)
             step_seconds += time.perf_counter() - started
             consecutive_bad = 0 if stats["finite"] else consecutive_bad + 1
@@ -522,7 +534,7 @@ def _run(trainer: Trainer) -> TrainResult:
                         f"{trainer.last_checkpoint or 'none'}"
                     )
             trainer.step += 1
-            trainer.elapsed_s = time.perf_counter() - clock
+            trainer.tick(clock)
             step = trainer.step
             last = step == t.training_iterations or trainer.budget_spent()
             bar.update(step - bar.n if t.time_budget_min <= 0 else int(trainer.elapsed_s) - bar.n)
@@ -551,6 +563,7 @@ def _run(trainer: Trainer) -> TrainResult:
                     f"{stop.received} received: saved {path} at step {step}; "
                     f"continue with --resume {run_dir}"
                 )
+            trainer.tick(clock)  # evaluations and saves count towards the budget too
     return _finish(trainer, log)
 
 
@@ -597,6 +610,10 @@ def _finish(trainer: Trainer, log: RunLog) -> TrainResult:
     run_dir = trainer.run_dir
     final = trainer.save(run_dir / "final.pt")
     result = trainer.evaluate(max_batches=0)
+    if trainer.rt.is_main and result["scores"].miou > trainer.best_miou:
+        # Steps after the last periodic evaluation (a time budget ends anywhere) count too.
+        trainer.best_miou = float(result["scores"].miou)
+        trainer.save(run_dir / "best.pt")
     metrics = result["scores"].to_dict(trainer.class_set.names)
     metrics.update(step=trainer.step, split="val", val_loss=_finite(result["loss"]))
     if trainer.rt.is_main:
