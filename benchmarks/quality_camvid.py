@@ -16,6 +16,10 @@ model never saw (the standard val frames come from 0016E5, whose other frames ar
 The standard val split is scored as well, both with the final checkpoint (the held-out split must
 not choose the checkpoint it scores).
 
+``--rescore RUN_DIR`` scores the checkpoints an earlier run left (by the same rule, on the splits
+of that run) without training, for example with test-time augmentation; the recipe line then lists
+where that run's configuration differs from ``--config``.
+
 The run folder keeps everything ``unetseg train`` writes (report.html included) plus one
 ``evaluation_*`` folder per scoring. The last line printed is JSON with ``val_miou``,
 ``budget_min``, ``images_seen`` and ``checkpoint``.
@@ -35,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Output, machine  # noqa: E402
 
 from unetseg.allocator import use_fast_allocator  # noqa: E402
-from unetseg.checkpoint import load_checkpoint  # noqa: E402
+from unetseg.checkpoint import config_of, load_checkpoint  # noqa: E402
 from unetseg.cli import parse_scales  # noqa: E402
-from unetseg.config import load_config  # noqa: E402
+from unetseg.config import Config, load_config  # noqa: E402
 from unetseg.evaluate import evaluate_checkpoint  # noqa: E402
 from unetseg.train import train  # noqa: E402
 
@@ -56,6 +60,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "camvid.yaml")
     parser.add_argument("--out", type=Path, help="run folder (default: runs/quality_camvid-...)")
     parser.add_argument("--cross-sequence", action="store_true", help="hold out sequence 0001TP")
+    parser.add_argument("--rescore", type=Path, metavar="RUN_DIR", help="score, do not train")
     parser.add_argument("--tta", choices=["none", "flip"], default="none")
     parser.add_argument("--scales", type=parse_scales, default=(1.0,), help="e.g. 0.75,1,1.25")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
@@ -89,9 +94,25 @@ def score(
     return {"miou": metrics["miou"], "per_class_iou": per_class}
 
 
-def main() -> None:
-    args = parse_args()
-    use_fast_allocator()  # as the unetseg command does: the default being measured
+def flatten(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differences(config: Config, reference: Config) -> list[str]:
+    """``key=value`` for each setting of ``config`` that differs from ``reference``."""
+    ours, theirs = flatten(config.to_dict()), flatten(reference.to_dict())
+    return [f"{key}={value}" for key, value in ours.items() if theirs.get(key) != value]
+
+
+def train_run(args: argparse.Namespace) -> tuple[Path, Path | None, list[str]]:
+    """Train the recipe for the budget: (final checkpoint, best checkpoint, recipe overrides)."""
     split = CROSS_SEQUENCE if args.cross_sequence else []
     overrides = [
         *split,
@@ -102,19 +123,38 @@ def main() -> None:
     ]
     config = load_config(args.config, overrides)
     run_dir = args.out or REPO / "runs" / f"quality_camvid-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"machine: {machine()}")
     print(f"run folder: {run_dir}; budget {args.budget_min} min", flush=True)
-    started = time.perf_counter()
     result = train(config, run_dir)
-    train_minutes = (time.perf_counter() - started) / 60
+    return result.final_checkpoint, result.best_checkpoint, args.overrides
+
+
+def earlier_run(args: argparse.Namespace) -> tuple[Path, Path | None, list[str]]:
+    """The checkpoints of ``--rescore RUN_DIR`` and where its recipe differs from ``--config``.
+
+    Sets ``args.cross_sequence`` to whether that run held out 0001TP."""
+    final, best = args.rescore / "final.pt", args.rescore / "best.pt"
+    if not final.is_file():
+        sys.exit(f"{final}: no final checkpoint to rescore (did that run finish?)")
+    config = config_of(load_checkpoint(final))
+    args.cross_sequence = config.data.val_filter == ["0001TP*"]  # the split that run trained on
+    reference = load_config(args.config, CROSS_SEQUENCE if args.cross_sequence else [])
+    ignored = ("train.time_budget_min", "train.training_iterations", "train.device")
+    changed = [c for c in differences(config, reference) if not c.startswith(ignored)]
+    return final, best if best.is_file() else None, changed
+
+
+def main() -> None:
+    args = parse_args()
+    use_fast_allocator()  # as the unetseg command does: the default being measured
+    print(f"machine: {machine()}")
+    final, best, recipe = earlier_run(args) if args.rescore else train_run(args)
     # The held-out split must not pick the checkpoint it then scores: cross-sequence runs score the
     # final weights; standard runs the best by periodic val mIoU, as the issue asks.
-    checkpoint = result.final_checkpoint
-    if not args.cross_sequence and result.best_checkpoint is not None:
-        checkpoint = result.best_checkpoint
-    state = load_checkpoint(result.final_checkpoint)
-    t = config.train
+    checkpoint = best if best is not None and not args.cross_sequence else final
+    state = load_checkpoint(final)
+    t = config_of(state).train
     images_seen = int(state["step"]) * t.batch_size * t.accum_steps
+    train_minutes = float(state.get("elapsed_s", 0.0)) / 60
 
     splits = {"val": STANDARD_VAL}
     if args.cross_sequence:
@@ -128,7 +168,7 @@ def main() -> None:
 
     out = Output()
     out()
-    out(f"recipe {args.config.name} + {' '.join(args.overrides) or 'no overrides'}")
+    out(f"recipe {args.config.name} + {' '.join(recipe) or 'no overrides'}")
     held_out = "cross-sequence (train 0006R0 + 0016E5, val 0001TP)"
     out(f"split: {held_out if args.cross_sequence else 'standard'}")
     out(f"images seen {images_seen} in {int(state['step'])} steps; wall {train_minutes:.1f} min")
@@ -139,19 +179,19 @@ def main() -> None:
     summary = {
         "val_miou": scores["val"]["miou"],
         "cross_sequence_miou": scores.get("cross_sequence", {}).get("miou"),
-        "budget_min": args.budget_min,
+        "budget_min": t.time_budget_min,
         "images_seen": images_seen,
         "steps": int(state["step"]),
         "checkpoint": str(checkpoint),
         "train_wall_min": round(train_minutes, 2),
         "tta": {"flip": args.tta == "flip", "scales": list(args.scales)} if with_tta else None,
         "scores": scores,
-        "overrides": args.overrides,
+        "overrides": recipe,
         "command": " ".join(["python", *sys.argv]),
     }
     out(json.dumps(summary))
     out.record(
-        args.record, f"CamVid quality, {args.budget_min:g} min (benchmarks/quality_camvid.py)"
+        args.record, f"CamVid quality, {t.time_budget_min:g} min (benchmarks/quality_camvid.py)"
     )
 
 

@@ -18,12 +18,18 @@ from unetseg.export import export_onnx
 from unetseg.predict import Predictor, predict_paths
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(checkpoint, onnx) of a width-4 model with random weights and batch-norm statistics."""
+@pytest.fixture(scope="module", params=["plain", "residual"])
+def exported(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> tuple[Path, Path]:
+    """(checkpoint, onnx) of a width-4 model of each encoder (the residual one with per-image input
+    normalisation), with random weights and batch-norm statistics."""
     folder = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
-    config = from_dict({"model": {"width": 4}, "data": {"size": [64, 32]}})
+    model_config = {"width": 4, "encoder": request.param, "blocks": [1, 2, 1, 1]}
+    if request.param == "residual":
+        model_config["input_norm"] = "per_image"
+    config = from_dict({"model": model_config, "data": {"size": [64, 32]}})
     model = build_model(config, cityscapes19().num_classes)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):  # make eval-mode BN do something

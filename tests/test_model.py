@@ -1,12 +1,18 @@
 import pytest
 import torch
 
-from unetseg.model import UNet, count_parameters
+from unetseg.model import ResidualBlock, ResUNet, UNet, count_parameters
+
+TINY_MODELS = {
+    "plain": lambda classes: UNet(num_classes=classes, width=4),
+    "residual": lambda classes: ResUNet(num_classes=classes, width=4, blocks=(1, 2, 1, 1)),
+}
 
 
+@pytest.mark.parametrize("encoder", TINY_MODELS)
 @pytest.mark.parametrize(("height", "width"), [(16, 16), (32, 64), (64, 48), (128, 256)])
-def test_logits_have_the_input_size(height, width):
-    model = UNet(num_classes=5, width=4).eval()
+def test_logits_have_the_input_size(height, width, encoder):
+    model = TINY_MODELS[encoder](5).eval()
     with torch.no_grad():
         logits = model(torch.randn(2, 3, height, width))
     assert logits.shape == (2, 5, height, width)
@@ -18,8 +24,9 @@ def test_both_upsamplings_work(upsampling):
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
 
 
-def test_size_not_multiple_of_16_is_refused_before_computation():
-    model = UNet(num_classes=3, width=4)
+@pytest.mark.parametrize("encoder", TINY_MODELS)
+def test_size_not_multiple_of_16_is_refused_before_computation(encoder):
+    model = TINY_MODELS[encoder](3)
     with pytest.raises(ValueError, match=r"100x60 .*height 60 -> 48 or 64.*width 100 -> 96 or 112"):
         model(torch.randn(1, 3, 60, 100))
 
@@ -28,9 +35,10 @@ def test_original_width_has_31m_parameters_for_24_classes():
     assert round(count_parameters(UNet(num_classes=24, width=64)) / 1e6, 1) == 31.0
 
 
-def test_backward_reaches_every_parameter():
+@pytest.mark.parametrize("encoder", TINY_MODELS)
+def test_backward_reaches_every_parameter(encoder):
     torch.manual_seed(0)
-    model = UNet(num_classes=4, width=4)
+    model = TINY_MODELS[encoder](4)
     logits = model(torch.randn(2, 3, 32, 32))
     torch.nn.functional.cross_entropy(logits, torch.randint(0, 4, (2, 32, 32))).backward()
     for name, parameter in model.named_parameters():
@@ -58,3 +66,48 @@ def test_channels_last_and_bf16_autocast_agree_with_fp32():
             mixed = model_cl(x.contiguous(memory_format=torch.channels_last))
     assert mixed.dtype == torch.bfloat16
     assert torch.allclose(mixed.float(), reference, atol=0.1, rtol=0.05)
+
+
+def test_residual_stages_have_the_configured_depth_and_resolution():
+    model = ResUNet(num_classes=3, width=4, blocks=(1, 2, 3, 1))
+    depths = [sum(isinstance(m, ResidualBlock) for m in stage) for stage in model.stages]
+    assert depths == [1, 2, 3, 1]
+    x = model.stem(torch.randn(1, 3, 64, 32))
+    sizes = []
+    for stage in model.stages:
+        x = stage(x)
+        sizes.append(tuple(x.shape[1:]))
+    assert sizes == [(4, 32, 16), (8, 16, 8), (16, 8, 4), (32, 4, 2)]
+
+
+def test_residual_block_is_identity_plus_body():
+    block = ResidualBlock(4, 4).eval()
+    for layer in block.body:
+        if isinstance(layer, torch.nn.Conv2d):
+            torch.nn.init.zeros_(layer.weight)
+    x = torch.randn(1, 4, 8, 8)
+    assert torch.equal(block(x), torch.relu(x))  # a zero body leaves relu(shortcut(x)) = relu(x)
+
+
+@pytest.mark.parametrize("blocks", [(2, 2, 2), (1, 0, 1, 1)])
+def test_residual_blocks_are_checked(blocks):
+    with pytest.raises(ValueError, match="blocks must be four counts"):
+        ResUNet(num_classes=3, width=4, blocks=blocks)
+
+
+@pytest.mark.parametrize("model_class", [UNet, ResUNet])
+def test_per_image_input_norm_ignores_exposure(model_class):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 48)
+    darker = x * torch.tensor([0.3, 0.4, 0.5]).view(1, 3, 1, 1) - 0.2  # per-channel gain, offset
+    model = model_class(num_classes=3, width=4, input_norm="per_image").eval()
+    plain = model_class(num_classes=3, width=4).eval()
+    plain.load_state_dict(model.state_dict())  # same weights, no input normalisation
+    with torch.no_grad():
+        assert torch.allclose(model(darker), model(x), atol=1e-4)
+        assert not torch.allclose(plain(darker), plain(x), atol=1e-2)
+
+
+def test_unknown_input_norm_is_refused():
+    with pytest.raises(ValueError, match="input_norm must be"):
+        UNet(num_classes=3, width=4, input_norm="batch")

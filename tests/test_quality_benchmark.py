@@ -48,3 +48,21 @@ def test_budgeted_run_scores_both_splits_at_full_resolution(shared_data, tmp_pat
     assert counted == valid_pixels(camvid / "valannot")
     counted = sum(c["gt_pixels"] for c in held_out["per_class"].values())
     assert counted == valid_pixels(camvid / "trainannot", prefix="0001TP")
+
+    # Rescoring the run without training gives the same scores and names the recipe's changes.
+    rescore = [
+        sys.executable,
+        str(REPO / "benchmarks" / "quality_camvid.py"),
+        "--rescore",
+        str(run),
+    ]
+    done = subprocess.run(rescore, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (again["val_miou"], again["cross_sequence_miou"]) == (
+        summary["val_miou"],
+        summary["cross_sequence_miou"],
+    )
+    assert (again["images_seen"], again["budget_min"]) == (summary["images_seen"], 0.1)
+    assert "data.size=[64, 48]" in again["overrides"] and "model.width=4" in again["overrides"]
+    assert not any(o.startswith("data.val_filter") for o in again["overrides"])

@@ -22,7 +22,7 @@ from torch import nn
 from unetseg.config import Config, from_dict
 from unetseg.data.classes import ClassSet
 from unetseg.files import atomic_path, write_text
-from unetseg.model import UNet
+from unetseg.model import ResUNet, SegmentationNet, UNet
 
 FORMAT = "unetseg-checkpoint-1"
 
@@ -124,13 +124,16 @@ def config_of(state: dict[str, Any]) -> Config:
     return from_dict(state["config"], source="checkpoint config")
 
 
-def build_model(config: Config, num_classes: int) -> UNet:
-    """A fresh U-Net as the configuration describes it."""
+def build_model(config: Config, num_classes: int) -> SegmentationNet:
+    """A fresh U-Net (plain or residual encoder) as the configuration describes it."""
     m = config.model
-    return UNet(num_classes, width=m.width, dropout=m.dropout, upsampling=m.upsampling)
+    common = {"dropout": m.dropout, "upsampling": m.upsampling, "input_norm": m.input_norm}
+    if m.encoder == "residual":
+        return ResUNet(num_classes, m.width, m.blocks, **common)
+    return UNet(num_classes, m.width, **common)
 
 
-def model_from_checkpoint(path: Path) -> tuple[UNet, Config, ClassSet]:
+def model_from_checkpoint(path: Path) -> tuple[SegmentationNet, Config, ClassSet]:
     """The trained model (eval mode, CPU; its weight average if it has one), configuration and
     class set."""
     state = load_checkpoint(path)

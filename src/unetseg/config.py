@@ -70,6 +70,9 @@ class ModelConfig:
     width: int = 64
     dropout: float = 0.1
     upsampling: str = "transpose"  # transpose | bilinear
+    encoder: str = "plain"  # plain (UNet) | residual (ResUNet: stride-2 stem, residual stages)
+    blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])  # residual blocks per stage
+    input_norm: str = "none"  # none | per_image (standardise each image by its own mean/std)
 
 
 @dataclass
@@ -134,6 +137,8 @@ CHOICES = {
     "data.kind": ("synthetic", "cityscapes", "folders"),
     "data.mask_type": ("labelIds", "color"),
     "model.upsampling": ("transpose", "bilinear"),
+    "model.encoder": ("plain", "residual"),
+    "model.input_norm": ("none", "per_image"),
     "loss.class_weighting": ("none", "median_frequency", "sqrt_median_frequency"),
     "train.decay": ("original", "poly", "cosine"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
@@ -269,6 +274,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.decay_factor: must be positive, got {t.decay_factor}")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {t.ema_decay}")
+    if len(config.model.blocks) != 4 or min(config.model.blocks) < 1:
+        raise ConfigError(
+            f"model.blocks: need four counts of at least 1, got {config.model.blocks}"
+        )
     if not 0.0 <= config.model.dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
     if not 0 < a.scale_min <= a.scale_max:

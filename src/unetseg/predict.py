@@ -31,7 +31,7 @@ from unetseg.config import Config
 from unetseg.data.classes import ClassSet
 from unetseg.data.io import DataError, list_images, read_rgb
 from unetseg.data.transforms import normalise
-from unetseg.model import DOWNSAMPLING_FACTOR, UNet, check_input_size
+from unetseg.model import DOWNSAMPLING_FACTOR, SegmentationNet, check_input_size
 from unetseg.runtime import Runtime, local_runtime, sigterm_as_interrupt
 
 OVERLAY_QUALITY = 90
@@ -69,7 +69,7 @@ class Predictor:
 
     @classmethod
     def from_model(
-        cls, model: UNet, config: Config, class_set: ClassSet, runtime: Runtime
+        cls, model: SegmentationNet, config: Config, class_set: ClassSet, runtime: Runtime
     ) -> Predictor:
         """A loaded model with its run's configuration, at the runtime's precision and layout."""
         size = config.data.size
@@ -121,7 +121,9 @@ class Predictor:
         return self.device_logits(batch).cpu()
 
 
-def _torch_runner(model: UNet, runtime: Runtime) -> Callable[[torch.Tensor], torch.Tensor]:
+def _torch_runner(
+    model: SegmentationNet, runtime: Runtime
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The model's forward pass with the runtime's precision and memory layout."""
     layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
     model = model.to(device=runtime.device, memory_format=layout).eval()
