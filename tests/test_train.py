@@ -84,8 +84,16 @@ def test_a_run_writes_every_output(synthetic_root, tmp_path):
     assert state["step"] == 6 and state["class_set"]["name"] == "cityscapes19"
 
 
-def test_resume_after_an_interrupt_is_bit_identical(synthetic_root, tmp_path, monkeypatch):
-    extra = {"model.dropout": 0.2, "train.ema_decay": 0.9}
+RESIDUAL = {
+    "model.encoder": "residual",
+    "model.blocks": "[1,2,1,1]",
+    "model.input_norm": "per_image",
+}
+
+
+@pytest.mark.parametrize("model", [{}, RESIDUAL], ids=["plain", "residual"])
+def test_resume_after_an_interrupt_is_bit_identical(synthetic_root, tmp_path, monkeypatch, model):
+    extra = {"model.dropout": 0.2, "train.ema_decay": 0.9, **model}
     overrides = tiny_overrides(synthetic_root, tmp_path / "cache", **extra)
     config = load_config(None, overrides)
     train(config, tmp_path / "straight", progress=False)
