@@ -46,9 +46,10 @@ from unetseg.evaluate import evaluate_checkpoint  # noqa: E402
 from unetseg.train import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+HELD_OUT = ["0001TP*"]  # the street the cross-sequence check never trains on
 CROSS_SEQUENCE = [
     "data.val_split=train",
-    "data.val_filter=['0001TP*']",
+    f"data.val_filter={HELD_OUT}",
     "data.train_filter=['0006R0*','0016E5*']",
 ]
 STANDARD_VAL = ["data.val_split=val", "data.val_filter=[]"]
@@ -136,7 +137,7 @@ def earlier_run(args: argparse.Namespace) -> tuple[Path, Path | None, list[str]]
     if not final.is_file():
         sys.exit(f"{final}: no final checkpoint to rescore (did that run finish?)")
     config = config_of(load_checkpoint(final))
-    args.cross_sequence = config.data.val_filter == ["0001TP*"]  # the split that run trained on
+    args.cross_sequence = config.data.val_filter == HELD_OUT  # the split that run trained on
     reference = load_config(args.config, CROSS_SEQUENCE if args.cross_sequence else [])
     ignored = ("train.time_budget_min", "train.training_iterations", "train.device")
     changed = [c for c in differences(config, reference) if not c.startswith(ignored)]
