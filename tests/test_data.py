@@ -323,12 +323,15 @@ def test_prepare_batch_without_augmentation_is_normalise_and_long() -> None:
         assert y.dtype == torch.int64 and torch.equal(y, masks.long())
 
 
-def test_augmentation_keeps_mask_aligned() -> None:
+@pytest.mark.parametrize("crop", [[], [64, 48]])
+def test_augmentation_keeps_mask_aligned(crop: list[int]) -> None:
     images, masks = _coded_batch()
-    augment = AugmentConfig(scale_min=0.6, scale_max=1.4)
+    augment = AugmentConfig(scale_min=0.6, scale_max=1.4, crop=crop)
     generator = torch.Generator().manual_seed(3)
     x, y = prepare_batch(images, masks, IMAGENET_MEAN, IMAGENET_STD, augment, generator)
-    assert x.shape == (6, 3, 64, 96) and y.shape == (6, 64, 96) and y.dtype == torch.int64
+    height, width = (crop[1], crop[0]) if crop else (64, 96)
+    assert x.shape == (6, 3, height, width) and y.shape == (6, height, width)
+    assert y.dtype == torch.int64
     assert set(torch.unique(y).tolist()) <= {0, 1, 2, IGNORE_INDEX}
     assert (y == IGNORE_INDEX).any(), "scales below 1 should bring in padding"
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -361,6 +364,33 @@ def test_augmentation_is_reproducible() -> None:
     ]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
     assert not torch.equal(runs[0][0], runs[2][0])
+
+
+def test_crop_is_a_window_at_native_resolution() -> None:
+    """At scale 1 a crop samples the image pixel for pixel: no squeezing, no padding."""
+    n, height, width = 5, 64, 96
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    ramp = torch.stack([cols * 2, rows * 3, torch.zeros_like(rows)], dim=-1).to(torch.uint8)
+    images, masks = ramp.expand(n, -1, -1, -1).contiguous(), (cols % 3).expand(n, -1, -1)
+    augment = AugmentConfig(
+        scale_min=1.0, scale_max=1.0, hflip=False, brightness=0, contrast=0, saturation=0
+    )
+    augment.crop = [48, 32]
+    generator = torch.Generator().manual_seed(5)
+    x, y = prepare_batch(images, masks.to(torch.uint8), (0, 0, 0), (1, 1, 1), augment, generator)
+    assert x.shape == (n, 3, 32, 48) and not (y == IGNORE_INDEX).any()
+    pixels = x * 255.0
+    torch.testing.assert_close(
+        pixels[:, 0].diff(dim=2), torch.full((n, 32, 47), 2.0), atol=1e-3, rtol=0
+    )
+    torch.testing.assert_close(
+        pixels[:, 1].diff(dim=1), torch.full((n, 31, 48), 3.0), atol=1e-3, rtol=0
+    )
+    left = pixels[:, 0, 0, 0] / 2
+    assert left.min() >= 0 and left.max() <= width - 48 and left.std() > 1  # random windows
+    for i in range(n):  # the mask column pattern follows the image's column
+        column = int(torch.round(left[i]))
+        assert torch.equal(y[i, 0], (torch.arange(48) + column) % 3)
 
 
 def test_flip_only_mirrors_exactly() -> None:

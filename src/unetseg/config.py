@@ -58,6 +58,9 @@ class AugmentConfig:
     hflip: bool = True
     scale_min: float = 0.75
     scale_max: float = 1.5
+    # [width, height]: train on random crops of this size out of the data.size images (which are
+    # still what the model sees at evaluation and inference); empty: the whole image
+    crop: list[int] = field(default_factory=list)
     brightness: float = 0.25
     contrast: float = 0.25
     saturation: float = 0.25
@@ -282,6 +285,12 @@ def validate(config: Config) -> None:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
     if not 0 < a.scale_min <= a.scale_max:
         raise ConfigError(f"augment.scale_min/scale_max: need 0 < min <= max, got {a.scale_min}")
+    if a.crop and (
+        len(a.crop) != 2 or any(c <= 0 or c % 16 or c > s for c, s in zip(a.crop, d.size))
+    ):
+        raise ConfigError(
+            f"augment.crop: {a.crop} must be [width, height], multiples of 16 within data.size"
+        )
     _validate_classes(config)
     if config.loss.ce_weight + config.loss.dice_weight <= 0:
         raise ConfigError("loss.ce_weight/dice_weight: at least one must be positive")

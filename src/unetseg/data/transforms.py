@@ -1,8 +1,8 @@
 """Batched augmentation and normalisation on the training device.
 
-Geometry (random scale + crop, horizontal flip) is one affine resampling per image, bilinear for the
-image and nearest for the mask, so the two stay aligned; pixels brought in from outside the image are
-ignored in the mask. Random parameters come from a generator the caller seeds per step, which makes
+Geometry (random scale + crop, horizontal flip, optionally a smaller output crop) is one affine
+resampling per image, bilinear for the image and nearest for the mask, so the two stay aligned; pixels
+brought in from outside the image are ignored in the mask. Random parameters come from a generator the caller seeds per step, which makes
 resumed runs repeat their augmentation exactly.
 """
 
@@ -36,7 +36,8 @@ def prepare_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (N, H, W, 3) and masks (N, H, W) -> model input and int64 targets.
 
-    With ``augment`` (training), colour jitter and a random scale/crop/flip are applied.
+    With ``augment`` (training), colour jitter and a random scale/crop/flip are applied; the output
+    is ``augment.crop`` sized when that is set.
     """
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
     y = masks.long()
@@ -77,21 +78,23 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 def _scale_crop_flip(
     x: torch.Tensor, y: torch.Tensor, augment: AugmentConfig, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    n = x.shape[0]
+    n, channels, height, width = x.shape
+    crop_w, crop_h = augment.crop or (width, height)
     scale = augment.scale_min + torch.rand(n, generator=generator) * (
         augment.scale_max - augment.scale_min
     )
     flip = (
         (torch.rand(n, generator=generator) < 0.5) if augment.hflip else torch.zeros(n, dtype=bool)
     )
-    # Output coordinates in [-1, 1] map to input coordinates: x_in = sign * x_out / scale + shift.
-    reach = (1.0 - 1.0 / scale).abs()
-    shift = (torch.rand(2, n, generator=generator) * 2.0 - 1.0) * reach
+    # Output coordinates in [-1, 1] map to input coordinates: x_in = sign * x_out * extent + shift,
+    # where extent is the share of the input the output covers (a crop covers less at scale 1).
+    extent = torch.stack([crop_w / width / scale, crop_h / height / scale])
+    shift = (torch.rand(2, n, generator=generator) * 2.0 - 1.0) * (1.0 - extent).abs()
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = torch.where(flip, -1.0, 1.0) / scale
-    theta[:, 1, 1] = 1.0 / scale
+    theta[:, 0, 0] = torch.where(flip, -1.0, 1.0) * extent[0]
+    theta[:, 1, 1] = extent[1]
     theta[:, 0, 2], theta[:, 1, 2] = shift[0], shift[1]
-    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device), [n, channels, crop_h, crop_w], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     # Shift the mask by one so that padding (0) is distinguishable, then mark it ignored.
     shifted = (y + 1).unsqueeze(1).float()
