@@ -393,6 +393,26 @@ def test_crop_is_a_window_at_native_resolution() -> None:
         assert torch.equal(y[i, 0], (torch.arange(48) + column) % 3)
 
 
+@pytest.mark.parametrize("spread", [0.0, 0.3])
+def test_white_balance_tints_each_image_within_its_spread(spread: float) -> None:
+    n = 64
+    grey = torch.full((n, 8, 16, 3), 128, dtype=torch.uint8)
+    masks = torch.zeros(n, 8, 16, dtype=torch.uint8)
+    augment = AugmentConfig(
+        scale_min=1.0, scale_max=1.0, hflip=False, brightness=0, contrast=0, saturation=0
+    )
+    augment.white_balance = spread
+    x, _ = prepare_batch(grey, masks, (0, 0, 0), (1, 1, 1), augment, torch.Generator())
+    gains = x.mean(dim=(2, 3)) / (128 / 255)  # (n, 3) per-channel gain of each image
+    assert (x.amax(dim=(2, 3)) - x.amin(dim=(2, 3))).max() < 1e-5  # a flat image stays flat
+    assert gains.min() >= 1 - spread - 1e-5 and gains.max() <= 1 + spread + 1e-5
+    if spread:  # tinted: the channels of one image differ, and the gains cover the range
+        assert (gains.amax(dim=1) - gains.amin(dim=1)).min() > 0
+        assert gains.min() < 1 - spread / 2 and gains.max() > 1 + spread / 2
+    else:
+        torch.testing.assert_close(gains, torch.ones(n, 3))
+
+
 def test_flip_only_mirrors_exactly() -> None:
     _, masks = _coded_batch(n=8)
     images = torch.from_numpy(np.stack([_rgb(64, 96) for _ in range(8)]))  # any content

@@ -64,6 +64,7 @@ class AugmentConfig:
     brightness: float = 0.25
     contrast: float = 0.25
     saturation: float = 0.25
+    white_balance: float = 0.0  # per-channel gain spread: colour casts (dusk, tinted light)
 
 
 @dataclass
@@ -285,6 +286,15 @@ def validate(config: Config) -> None:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
     if not 0 < a.scale_min <= a.scale_max:
         raise ConfigError(f"augment.scale_min/scale_max: need 0 < min <= max, got {a.scale_min}")
+    spreads = {
+        "brightness": a.brightness,
+        "contrast": a.contrast,
+        "saturation": a.saturation,
+        "white_balance": a.white_balance,
+    }
+    for key, spread in spreads.items():
+        if not 0.0 <= spread <= 1.0:  # factors are drawn from [1 - spread, 1 + spread]
+            raise ConfigError(f"augment.{key}: must be in [0, 1], got {spread}")
     if a.crop and (
         len(a.crop) != 2 or any(c <= 0 or c % 16 or c > s for c, s in zip(a.crop, d.size))
     ):

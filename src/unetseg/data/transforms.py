@@ -57,12 +57,16 @@ def _uniform(n: int, spread: float, generator: torch.Generator | None) -> torch.
 def _colour_jitter(
     x: torch.Tensor, augment: AugmentConfig, generator: torch.Generator | None
 ) -> torch.Tensor:
+    """Random brightness, per-channel gain (white balance), contrast and saturation per image."""
     n = x.shape[0]
     shape = (n, 1, 1, 1)
     brightness = _uniform(n, augment.brightness, generator).view(shape).to(x.device)
     contrast = _uniform(n, augment.contrast, generator).view(shape).to(x.device)
     saturation = _uniform(n, augment.saturation, generator).view(shape).to(x.device)
     x = x * brightness
+    if augment.white_balance > 0:  # drawn only when on, so other recipes keep their random stream
+        gains = _uniform(n * 3, augment.white_balance, generator).view(n, 3, 1, 1)
+        x = x * gains.to(x.device)
     mean_gray = _gray(x).mean(dim=(2, 3), keepdim=True)
     x = (x - mean_gray) * contrast + mean_gray
     gray = _gray(x)  # after the contrast change, so saturation does not undo it
