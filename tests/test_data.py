@@ -373,9 +373,14 @@ def test_crop_is_a_window_at_native_resolution() -> None:
     ramp = torch.stack([cols * 2, rows * 3, torch.zeros_like(rows)], dim=-1).to(torch.uint8)
     images, masks = ramp.expand(n, -1, -1, -1).contiguous(), (cols % 3).expand(n, -1, -1)
     augment = AugmentConfig(
-        scale_min=1.0, scale_max=1.0, hflip=False, brightness=0, contrast=0, saturation=0
+        scale_min=1.0,
+        scale_max=1.0,
+        hflip=False,
+        brightness=0,
+        contrast=0,
+        saturation=0,
+        crop=[48, 32],
     )
-    augment.crop = [48, 32]
     generator = torch.Generator().manual_seed(5)
     x, y = prepare_batch(images, masks.to(torch.uint8), (0, 0, 0), (1, 1, 1), augment, generator)
     assert x.shape == (n, 3, 32, 48) and not (y == IGNORE_INDEX).any()
@@ -399,9 +404,14 @@ def test_white_balance_tints_each_image_within_its_spread(spread: float) -> None
     grey = torch.full((n, 8, 16, 3), 128, dtype=torch.uint8)
     masks = torch.zeros(n, 8, 16, dtype=torch.uint8)
     augment = AugmentConfig(
-        scale_min=1.0, scale_max=1.0, hflip=False, brightness=0, contrast=0, saturation=0
+        scale_min=1.0,
+        scale_max=1.0,
+        hflip=False,
+        brightness=0,
+        contrast=0,
+        saturation=0,
+        white_balance=spread,
     )
-    augment.white_balance = spread
     x, _ = prepare_batch(grey, masks, (0, 0, 0), (1, 1, 1), augment, torch.Generator())
     gains = x.mean(dim=(2, 3)) / (128 / 255)  # (n, 3) per-channel gain of each image
     assert (x.amax(dim=(2, 3)) - x.amin(dim=(2, 3))).max() < 1e-5  # a flat image stays flat
