@@ -35,6 +35,7 @@ def test_defaults_yaml_and_overrides(tmp_path):
         (["model.encoder=resnet"], r"model.encoder: 'resnet' is not one of plain, residual"),
         (["model.blocks=[2,2,2]"], r"model.blocks: need four counts of at least 1"),
         (["model.input_norm=batch"], r"model.input_norm: 'batch' is not one of"),
+        (["train.average_from=1.0"], r"train.average_from: must be in \[0, 1\), got 1.0"),
         (["augment.brightness=1.5"], r"augment.brightness: must be in \[0, 1\], got 1.5"),
         (["augment.white_balance=-0.1"], r"augment.white_balance: must be in \[0, 1\]"),
         (["augment.crop=[64,48,1]"], r"augment.crop: .*multiples of 16 within data.size"),

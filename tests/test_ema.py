@@ -1,4 +1,4 @@
-"""The weight average: hand-computed updates, the decay ramp, buffers, and its state."""
+"""The weight average: hand-computed updates, the decay ramp, uniform averaging, buffers, state."""
 
 from __future__ import annotations
 
@@ -33,6 +33,24 @@ def test_updates_follow_the_ramped_decay_by_hand():
     assert torch.allclose(average.module[0].weight, start + 2, atol=1e-5)
 
 
+def test_uniform_updates_restart_the_average_and_weigh_each_step_equally():
+    model = small_model()
+    average = WeightAverage(model, decay=0.9)
+    average.update(model)  # an EMA update first: the uniform phase must forget it
+    seen = []
+    for shift in (1.0, 4.0, -2.0):
+        with torch.no_grad():
+            model[0].weight.add_(shift)
+            model[1].running_var.mul_(2.0)
+        seen.append([model[0].weight.detach().clone(), model[1].running_var.clone()])
+        average.update(model, uniform=True)
+    assert average.uniform_updates == 3 and average.updates == 4
+    for got, values in zip(
+        (average.module[0].weight, average.module[1].running_var), zip(*seen, strict=True)
+    ):
+        assert torch.allclose(got, torch.stack(values).mean(0), atol=1e-6)
+
+
 def test_batch_norm_statistics_are_averaged_and_counters_copied():
     model = small_model()
     average = WeightAverage(model, decay=0.5)
@@ -52,7 +70,8 @@ def test_the_average_is_frozen_and_its_state_round_trips():
     with torch.no_grad():
         model[0].bias.add_(3.0)
     average.update(model)
+    average.update(model, uniform=True)
     restored = WeightAverage(small_model(), decay=0.9)
     restored.load_state_dict(average.state_dict())
-    assert restored.updates == 1
+    assert (restored.updates, restored.uniform_updates) == (2, 1)
     assert torch.equal(restored.module[0].bias, average.module[0].bias)

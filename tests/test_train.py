@@ -93,7 +93,8 @@ RESIDUAL = {
 
 @pytest.mark.parametrize("model", [{}, RESIDUAL], ids=["plain", "residual"])
 def test_resume_after_an_interrupt_is_bit_identical(synthetic_root, tmp_path, monkeypatch, model):
-    extra = {"model.dropout": 0.2, "train.ema_decay": 0.9, **model}
+    # From step 2 of 6 on the average is uniform: resuming at step 3 must restore its count.
+    extra = {"model.dropout": 0.2, "train.ema_decay": 0.9, "train.average_from": 0.3, **model}
     overrides = tiny_overrides(synthetic_root, tmp_path / "cache", **extra)
     config = load_config(None, overrides)
     train(config, tmp_path / "straight", progress=False)
@@ -140,6 +141,30 @@ def test_the_weight_average_is_what_is_evaluated_and_shipped(synthetic_root, tmp
     assert trainer.evaluate(max_batches=0)["loss"] == pytest.approx(val_loss, rel=1e-6)
     trainer.ema = None
     assert trainer.evaluate(max_batches=0)["loss"] != pytest.approx(val_loss, rel=1e-3)
+
+
+def test_average_from_ships_the_mean_of_the_later_steps_weights(
+    synthetic_root, tmp_path, monkeypatch
+):
+    extra = {"train.average_from": 0.5, "train.training_iterations": 4}
+    config = load_config(None, tiny_overrides(synthetic_root, tmp_path / "cache", **extra))
+    weights = []
+    original_step = Trainer.train_step
+
+    def record(self, batches):
+        stats = original_step(self, batches)
+        weights.append({k: v.clone() for k, v in self.model.state_dict().items()})
+        return stats
+
+    monkeypatch.setattr(Trainer, "train_step", record)
+    run = train(config, tmp_path / "run", progress=False).run_dir
+    average = load_checkpoint(run / "final.pt")["ema"]
+    assert average["uniform_updates"] == 2  # steps 2 and 3 of 4
+    for key, value in average["weights"].items():
+        if value.is_floating_point():
+            expected = (weights[2][key] + weights[3][key]) / 2
+            assert torch.allclose(value, expected, atol=1e-6), key
+    assert not torch.allclose(average["weights"]["head.weight"], weights[3]["head.weight"])
 
 
 def test_a_time_budget_stops_the_run_and_decays_the_rate_over_it(synthetic_root, tmp_path):

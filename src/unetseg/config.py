@@ -120,6 +120,9 @@ class TrainConfig:
     max_nonfinite_steps: int = 5
     time_budget_min: float = 0.0  # > 0: stop after this many wall-clock minutes, decay over them
     ema_decay: float = 0.0  # > 0: evaluate and ship an exponential moving average of the weights
+    average_from: float = (
+        0.0  # > 0: from this share of the run on, ship the plain mean of the weights
+    )
 
 
 @dataclass
@@ -278,6 +281,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.decay_factor: must be positive, got {t.decay_factor}")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {t.ema_decay}")
+    if not 0.0 <= t.average_from < 1.0:
+        raise ConfigError(f"train.average_from: must be in [0, 1), got {t.average_from}")
     if len(config.model.blocks) != 4 or min(config.model.blocks) < 1:
         raise ConfigError(
             f"model.blocks: need four counts of at least 1, got {config.model.blocks}"

@@ -150,7 +150,7 @@ class Trainer:
         if not self.rt.is_main:
             self.data = prepare_data(config, self.class_set, progress=False)
         self.model = self._build_model()
-        self.ema = WeightAverage(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        self.ema = self._new_average()
         self.optimizer = build_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler(
             self.rt.device.type, enabled=self.rt.amp_dtype == torch.float16
@@ -208,6 +208,12 @@ class Trainer:
             model = torch.compile(model)
         return model
 
+    def _new_average(self) -> WeightAverage | None:
+        t = self.config.train
+        if t.ema_decay > 0 or t.average_from > 0:
+            return WeightAverage(self.model, t.ema_decay)
+        return None
+
     def _resume(self) -> None:
         found = ckpt.latest_good_checkpoint(self.run_dir)
         if found is None:
@@ -227,7 +233,7 @@ class Trainer:
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         elif self.ema is not None:  # averaging switched on at this resume: start from the weights
-            self.ema = WeightAverage(self.model, self.config.train.ema_decay)
+            self.ema = self._new_average()
         self.last_checkpoint = path
         if self.rt.is_main:
             print(f"resuming from {path} at step {self.step}", file=sys.stderr)
@@ -244,6 +250,13 @@ class Trainer:
         """The share of ``train.time_budget_min`` spent, or None without a budget."""
         budget = self.config.train.time_budget_min
         return self.elapsed_s / (60 * budget) if budget > 0 else None
+
+    def averaging_uniformly(self) -> bool:
+        """Whether ``train.average_from`` of the run is behind us: of the steps or of the time
+        budget, whichever ends first (as in the learning-rate schedule)."""
+        t = self.config.train
+        spent = max(self.step / t.training_iterations, self.budget_progress() or 0.0)
+        return t.average_from > 0 and spent >= t.average_from
 
     def tick(self, clock: float) -> None:
         """Set ``elapsed_s`` from the loop's clock. Under a time budget every process takes rank
@@ -351,7 +364,7 @@ class Trainer:
         if loss_finite and grads_finite:
             self.scaler.step(self.optimizer)
             if self.ema is not None:
-                self.ema.update(self.model)
+                self.ema.update(self.model, uniform=self.averaging_uniformly())
         else:
             with torch.no_grad():
                 for buffer, saved in zip(self.model.buffers(), buffers):
