@@ -545,6 +545,52 @@ def test_sigterm_during_training_saves_and_names_resume(
     assert load_checkpoint(saved)["step"] == step and 3 <= step < 50
 
 
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_sigterm_to_one_ddp_worker_stops_both_at_one_saved_step(
+    synthetic_root: Path, tmp_path: Path, launch
+) -> None:
+    """Fault 6 under DDP: SIGTERM to rank 1 alone: both ranks save one step and leave quickly."""
+    tag = uuid.uuid4().hex
+    env = {**ENV, "UNETSEG_DIST_TIMEOUT": "30", "UNETSEG_TEST_TAG": tag, "PYTHONFAULTHANDLER": "1"}
+    overrides = tiny_overrides(
+        synthetic_root,
+        tmp_path / "cache",
+        **{
+            "train.accum_steps": 1,
+            "train.training_iterations": 5000,
+            "train.eval_interval": 10000,
+            "train.snapshot_interval": 10000,
+            "train.save_model_interval": 1000,
+        },
+    )
+    torchrun = ["--standalone", "--nproc_per_node=2", "-m", "unetseg.cli", "train"]
+    run = tmp_path / "ddp"
+    try:
+        process = launch(
+            *torchrun, "--out", run, *overrides, module="torch.distributed.run", env=env
+        )
+        process.wait_for(lambda: len(logged_steps(run)) >= 3, 120, "three training steps")
+        rank_1 = process.wait_for(lambda: worker_pids(tag, rank=1), 10, "the rank-1 worker")
+        os.kill(rank_1[0], signal.SIGTERM)
+        assert finish_or_dump(process, 60, tag) != 0
+        text = process.text()
+        found = re.search(
+            r"a stop signal to another process received: saved (\S+) at step (\d+); "
+            r"continue with --resume (\S+)",
+            text,
+        )
+        assert found, text[-3000:]
+        saved, step = Path(found.group(1)), int(found.group(2))
+        assert Path(found.group(3)) == run
+        assert load_checkpoint(saved)["step"] == step and 3 <= step < 1000
+        assert f"SIGTERM received: saved {saved} at step {step}" in text  # rank 1, same step
+        assert not worker_pids(tag, rank=0) and not worker_pids(tag, rank=1)
+    finally:
+        for pid in worker_pids(tag, rank=0) + worker_pids(tag, rank=1):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("signum", SIGNALS, ids=SIGNAL_IDS)
 def test_signal_during_prepare_leaves_no_cache(big_root: Path, tmp_path: Path, launch, signum):
     """Fault 6: SIGINT/SIGTERM while `unetseg prepare` caches: no cache and no .tmp-* left."""

@@ -2,8 +2,8 @@
 
 An exponential moving average (EMA) of the last few hundred steps smooths out the noise of small
 batches and a still-high learning rate, which matters most for short training budgets. A uniform
-average of every step from some point on (stochastic weight averaging, Izmailov et al. 2018) lands
-in a flatter region of the loss surface, which generalises better to data unlike the training set.
+average of every step from some point on is stochastic weight averaging (Izmailov et al. 2018),
+reported to find flatter minima that generalise better.
 """
 
 from __future__ import annotations

@@ -268,6 +268,15 @@ class Trainer:
             elapsed = float(shared)
         self.elapsed_s = elapsed
 
+    def stop_requested(self, received: str | None) -> bool:
+        """Whether any process was signalled to stop. Under DDP all must agree, so that they save
+        and leave at the same step rather than leave the others waiting in a collective."""
+        if not self.rt.distributed:
+            return received is not None
+        flag = torch.tensor([float(received is not None)], device=self.rt.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     def budget_spent(self) -> bool:
         progress = self.budget_progress()
         return progress is not None and progress >= 1.0
@@ -570,10 +579,11 @@ def _run(trainer: Trainer) -> TrainResult:
                 trainer.snapshot()
             if step % t.save_model_interval == 0 or last:
                 trainer.save()
-            if stop.received:
+            if trainer.stop_requested(stop.received):
                 path = trainer.save()
+                cause = stop.received or "a stop signal to another process"
                 raise TrainingInterrupted(
-                    f"{stop.received} received: saved {path} at step {step}; "
+                    f"{cause} received: saved {path} at step {step}; "
                     f"continue with --resume {run_dir}"
                 )
             trainer.tick(clock)  # evaluations and saves count towards the budget too
