@@ -120,9 +120,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 5
     time_budget_min: float = 0.0  # > 0: stop after this many wall-clock minutes, decay over them
     ema_decay: float = 0.0  # > 0: evaluate and ship an exponential moving average of the weights
-    average_from: float = (
-        0.0  # > 0: from this share of the run on, ship the plain mean of the weights
-    )
+    average_from: float = 0.0  # > 0: from this share of the run on, ship the mean of the weights
 
 
 @dataclass
