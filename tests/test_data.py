@@ -366,21 +366,20 @@ def test_augmentation_is_reproducible() -> None:
     assert not torch.equal(runs[0][0], runs[2][0])
 
 
+def still_augment(**extra: object) -> AugmentConfig:
+    """Augmentation that leaves images as they are (scale 1, no flip, no jitter) but for ``extra``."""
+    still = {"scale_min": 1.0, "scale_max": 1.0, "hflip": False}
+    still |= {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
+    return AugmentConfig(**(still | extra))
+
+
 def test_crop_is_a_window_at_native_resolution() -> None:
     """At scale 1 a crop samples the image pixel for pixel: no squeezing, no padding."""
     n, height, width = 5, 64, 96
     rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     ramp = torch.stack([cols * 2, rows * 3, torch.zeros_like(rows)], dim=-1).to(torch.uint8)
     images, masks = ramp.expand(n, -1, -1, -1).contiguous(), (cols % 3).expand(n, -1, -1)
-    augment = AugmentConfig(
-        scale_min=1.0,
-        scale_max=1.0,
-        hflip=False,
-        brightness=0,
-        contrast=0,
-        saturation=0,
-        crop=[48, 32],
-    )
+    augment = still_augment(crop=[48, 32])
     generator = torch.Generator().manual_seed(5)
     x, y = prepare_batch(images, masks.to(torch.uint8), (0, 0, 0), (1, 1, 1), augment, generator)
     assert x.shape == (n, 3, 32, 48) and not (y == IGNORE_INDEX).any()
@@ -403,15 +402,7 @@ def test_white_balance_tints_each_image_within_its_spread(spread: float) -> None
     n = 64
     grey = torch.full((n, 8, 16, 3), 128, dtype=torch.uint8)
     masks = torch.zeros(n, 8, 16, dtype=torch.uint8)
-    augment = AugmentConfig(
-        scale_min=1.0,
-        scale_max=1.0,
-        hflip=False,
-        brightness=0,
-        contrast=0,
-        saturation=0,
-        white_balance=spread,
-    )
+    augment = still_augment(white_balance=spread)
     x, _ = prepare_batch(grey, masks, (0, 0, 0), (1, 1, 1), augment, torch.Generator())
     gains = x.mean(dim=(2, 3)) / (128 / 255)  # (n, 3) per-channel gain of each image
     assert (x.amax(dim=(2, 3)) - x.amin(dim=(2, 3))).max() < 1e-5  # a flat image stays flat
@@ -426,7 +417,7 @@ def test_white_balance_tints_each_image_within_its_spread(spread: float) -> None
 def test_flip_only_mirrors_exactly() -> None:
     _, masks = _coded_batch(n=8)
     images = torch.from_numpy(np.stack([_rgb(64, 96) for _ in range(8)]))  # any content
-    flip_only = AugmentConfig(scale_min=1.0, scale_max=1.0, brightness=0, contrast=0, saturation=0)
+    flip_only = still_augment(hflip=True)
     generator = torch.Generator().manual_seed(0)
     x, y = prepare_batch(images, masks, IMAGENET_MEAN, IMAGENET_STD, flip_only, generator)
     plain, _ = prepare_batch(images, masks, IMAGENET_MEAN, IMAGENET_STD)

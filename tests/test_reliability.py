@@ -155,6 +155,23 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
         launched.end()
 
 
+@pytest.fixture
+def ddp_train(launch) -> Iterator[tuple[Callable[..., Launched], str]]:
+    """Starts ``unetseg train`` as two gloo workers under torchrun, and a tag that finds them;
+    kills any worker left at the end."""
+    tag = uuid.uuid4().hex  # torchrun puts each worker in its own session: found by this tag
+    env = {**ENV, "UNETSEG_DIST_TIMEOUT": "30", "UNETSEG_TEST_TAG": tag, "PYTHONFAULTHANDLER": "1"}
+    torchrun = ["--standalone", "--nproc_per_node=2", "-m", "unetseg.cli", "train"]
+
+    def start(*args: object) -> Launched:
+        return launch(*torchrun, *args, module="torch.distributed.run", env=env)
+
+    yield start, tag
+    for pid in worker_pids(tag, rank=0) + worker_pids(tag, rank=1):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def cli(args: list[object], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     """``unetseg ARGS`` in this process: (exit code, stdout, stderr)."""
     capsys.readouterr()
@@ -451,11 +468,10 @@ def math_is_nan(value: object) -> bool:
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 def test_a_dead_ddp_worker_ends_the_launcher_and_the_pair_resumes(
-    synthetic_root: Path, tmp_path: Path, launch
+    synthetic_root: Path, tmp_path: Path, ddp_train
 ) -> None:
     """Fault 5: SIGKILL rank 1 of a 2-process gloo run: all exit quickly; --resume completes."""
-    tag = uuid.uuid4().hex  # torchrun puts each worker in its own session: found by this tag
-    env = {**ENV, "UNETSEG_DIST_TIMEOUT": "30", "UNETSEG_TEST_TAG": tag, "PYTHONFAULTHANDLER": "1"}
+    start, tag = ddp_train
     overrides = tiny_overrides(
         synthetic_root,
         tmp_path / "cache",
@@ -466,29 +482,21 @@ def test_a_dead_ddp_worker_ends_the_launcher_and_the_pair_resumes(
             "train.snapshot_interval": 100,
         },
     )
-    torchrun = ["--standalone", "--nproc_per_node=2", "-m", "unetseg.cli", "train"]
     run = tmp_path / "ddp"
-    try:
-        process = launch(
-            *torchrun, "--out", run, *overrides, module="torch.distributed.run", env=env
-        )
-        process.wait_for(lambda: list(run.glob("checkpoints/*.sha256")), 120, "a first checkpoint")
-        rank_1 = process.wait_for(lambda: worker_pids(tag, rank=1), 10, "the rank-1 worker")
-        os.kill(rank_1[0], signal.SIGKILL)
-        killed_at = time.monotonic()
-        code = finish_or_dump(process, 60, tag)
-        assert code != 0
-        assert time.monotonic() - killed_at < 60
-        assert not worker_pids(tag, rank=0) and not worker_pids(tag, rank=1)
+    process = start("--out", run, *overrides)
+    process.wait_for(lambda: list(run.glob("checkpoints/*.sha256")), 120, "a first checkpoint")
+    rank_1 = process.wait_for(lambda: worker_pids(tag, rank=1), 10, "the rank-1 worker")
+    os.kill(rank_1[0], signal.SIGKILL)
+    killed_at = time.monotonic()
+    code = finish_or_dump(process, 60, tag)
+    assert code != 0
+    assert time.monotonic() - killed_at < 60
+    assert not worker_pids(tag, rank=0) and not worker_pids(tag, rank=1)
 
-        process = launch(*torchrun, "--resume", run, module="torch.distributed.run", env=env)
-        assert finish_or_dump(process, 180, tag) == 0, process.text()[-3000:]
-        assert re.search(r"resuming from \S+ at step \d+", process.text())
-        assert load_checkpoint(run / "final.pt")["step"] == 12
-    finally:
-        for pid in worker_pids(tag, rank=0) + worker_pids(tag, rank=1):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    process = start("--resume", run)
+    assert finish_or_dump(process, 180, tag) == 0, process.text()[-3000:]
+    assert re.search(r"resuming from \S+ at step \d+", process.text())
+    assert load_checkpoint(run / "final.pt")["step"] == 12
 
 
 def finish_or_dump(process: Launched, timeout: float, tag: str) -> int:
@@ -547,11 +555,10 @@ def test_sigterm_during_training_saves_and_names_resume(
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 def test_sigterm_to_one_ddp_worker_stops_both_at_one_saved_step(
-    synthetic_root: Path, tmp_path: Path, launch
+    synthetic_root: Path, tmp_path: Path, ddp_train
 ) -> None:
     """Fault 6 under DDP: SIGTERM to rank 1 alone: both ranks save one step and leave quickly."""
-    tag = uuid.uuid4().hex
-    env = {**ENV, "UNETSEG_DIST_TIMEOUT": "30", "UNETSEG_TEST_TAG": tag, "PYTHONFAULTHANDLER": "1"}
+    start, tag = ddp_train
     overrides = tiny_overrides(
         synthetic_root,
         tmp_path / "cache",
@@ -563,32 +570,24 @@ def test_sigterm_to_one_ddp_worker_stops_both_at_one_saved_step(
             "train.save_model_interval": 1000,
         },
     )
-    torchrun = ["--standalone", "--nproc_per_node=2", "-m", "unetseg.cli", "train"]
     run = tmp_path / "ddp"
-    try:
-        process = launch(
-            *torchrun, "--out", run, *overrides, module="torch.distributed.run", env=env
-        )
-        process.wait_for(lambda: len(logged_steps(run)) >= 3, 120, "three training steps")
-        rank_1 = process.wait_for(lambda: worker_pids(tag, rank=1), 10, "the rank-1 worker")
-        os.kill(rank_1[0], signal.SIGTERM)
-        assert finish_or_dump(process, 60, tag) != 0
-        text = process.text()
-        found = re.search(
-            r"a stop signal to another process received: saved (\S+) at step (\d+); "
-            r"continue with --resume (\S+)",
-            text,
-        )
-        assert found, text[-3000:]
-        saved, step = Path(found.group(1)), int(found.group(2))
-        assert Path(found.group(3)) == run
-        assert load_checkpoint(saved)["step"] == step and 3 <= step < 1000
-        assert f"SIGTERM received: saved {saved} at step {step}" in text  # rank 1, same step
-        assert not worker_pids(tag, rank=0) and not worker_pids(tag, rank=1)
-    finally:
-        for pid in worker_pids(tag, rank=0) + worker_pids(tag, rank=1):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    process = start("--out", run, *overrides)
+    process.wait_for(lambda: len(logged_steps(run)) >= 3, 120, "three training steps")
+    rank_1 = process.wait_for(lambda: worker_pids(tag, rank=1), 10, "the rank-1 worker")
+    os.kill(rank_1[0], signal.SIGTERM)
+    assert finish_or_dump(process, 60, tag) != 0
+    text = process.text()
+    found = re.search(
+        r"a stop signal to another process received: saved (\S+) at step (\d+); "
+        r"continue with --resume (\S+)",
+        text,
+    )
+    assert found, text[-3000:]
+    saved, step = Path(found.group(1)), int(found.group(2))
+    assert Path(found.group(3)) == run
+    assert load_checkpoint(saved)["step"] == step and 3 <= step < 1000
+    assert f"SIGTERM received: saved {saved} at step {step}" in text  # rank 1, same step
+    assert not worker_pids(tag, rank=0) and not worker_pids(tag, rank=1)
 
 
 @pytest.mark.parametrize("signum", SIGNALS, ids=SIGNAL_IDS)
