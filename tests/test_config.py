@@ -38,6 +38,7 @@ def test_defaults_yaml_and_overrides(tmp_path):
         (["train.average_from=1.0"], r"train.average_from: must be in \[0, 1\), got 1.0"),
         (["augment.brightness=1.5"], r"augment.brightness: must be in \[0, 1\], got 1.5"),
         (["augment.white_balance=-0.1"], r"augment.white_balance: must be in \[0, 1\]"),
+        (["augment.blur=-1"], r"augment.blur: must not be negative"),
         (["augment.crop=[64,48,1]"], r"augment.crop: .*multiples of 16 within data.size"),
         (["augment.crop=[600,48]"], r"augment.crop: .*multiples of 16 within data.size"),
         (["augment.crop=[64,40]"], r"augment.crop: .*multiples of 16 within data.size"),

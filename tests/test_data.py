@@ -23,7 +23,7 @@ from unetseg.data.folders import find_folders
 from unetseg.data.io import DataError, Sample, read_mask_values
 from unetseg.data.loader import StreamBatchSampler
 from unetseg.data.sources import find_samples
-from unetseg.data.transforms import prepare_batch
+from unetseg.data.transforms import gaussian_blur, prepare_batch
 
 # ---------------------------------------------------------------- finding samples
 
@@ -412,6 +412,45 @@ def test_white_balance_tints_each_image_within_its_spread(spread: float) -> None
         assert gains.min() < 1 - spread / 2 and gains.max() > 1 + spread / 2
     else:
         torch.testing.assert_close(gains, torch.ones(n, 3))
+
+
+def test_gamma_darkens_and_brightens_within_its_spread() -> None:
+    n, spread = 64, 0.5
+    grey = torch.full((n, 8, 16, 3), 64, dtype=torch.uint8)
+    masks = torch.zeros(n, 8, 16, dtype=torch.uint8)
+    augment = still_augment(gamma=spread)
+    x, _ = prepare_batch(grey, masks, (0, 0, 0), (1, 1, 1), augment, torch.Generator())
+    assert (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).max() < 1e-5  # a flat image stays flat
+    gammas = torch.log(x[:, 0, 0, 0]) / np.log(64 / 255)
+    assert gammas.min() >= 1 / (1 + spread) - 1e-4 and gammas.max() <= 1 + spread + 1e-4
+    assert gammas.min() < 0.8 and gammas.max() > 1.25  # both ways, over most of the range
+
+
+def test_blur_matches_a_hand_computed_gaussian_per_image() -> None:
+    """An impulse blurred with sigma s becomes the sampled 2-D Gaussian of s, normalised."""
+    impulse = torch.zeros(2, 3, 15, 15)
+    impulse[:, :, 7, 7] = 1.0
+    sigmas = torch.tensor([0.0, 1.5])
+    out = gaussian_blur(impulse, sigmas)
+    torch.testing.assert_close(out[0], impulse[0])  # sigma 0 leaves the image as it is
+    offsets = np.arange(-3, 4)  # radius ceil(2 * 1.5)
+    weights = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * 1.5**2))
+    expected = np.zeros((15, 15))
+    expected[4:11, 4:11] = weights / weights.sum()
+    for channel in range(3):
+        torch.testing.assert_close(out[1, channel].double(), torch.from_numpy(expected))
+
+
+def test_noise_is_zero_mean_with_a_random_strength_per_image() -> None:
+    n, strength = 32, 0.05
+    grey = torch.full((n, 32, 32, 3), 128, dtype=torch.uint8)
+    masks = torch.zeros(n, 32, 32, dtype=torch.uint8)
+    augment = still_augment(noise=strength)
+    x, _ = prepare_batch(grey, masks, (0, 0, 0), (1, 1, 1), augment, torch.Generator())
+    residual = x - 128 / 255
+    stds = residual.std(dim=(1, 2, 3))
+    assert residual.mean().abs() < 1e-3
+    assert stds.max() <= strength * 1.05 and stds.min() < strength / 4 < strength / 2 < stds.max()
 
 
 def test_flip_only_mirrors_exactly() -> None:

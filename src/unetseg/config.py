@@ -65,6 +65,12 @@ class AugmentConfig:
     contrast: float = 0.25
     saturation: float = 0.25
     white_balance: float = 0.0  # per-channel gain spread: colour casts (dusk, tinted light)
+    # Appearance of other cameras and light: gamma drawn log-uniformly in [1/(1+g), 1+g] (dark
+    # scenes under a bright sky), Gaussian blur of sigma up to this many pixels (focus, motion,
+    # compression), Gaussian noise of std up to this share of full scale (sensor noise in the dark).
+    gamma: float = 0.0
+    blur: float = 0.0
+    noise: float = 0.0
 
 
 @dataclass
@@ -298,6 +304,9 @@ def validate(config: Config) -> None:
     for key, spread in spreads.items():
         if not 0.0 <= spread <= 1.0:  # factors are drawn from [1 - spread, 1 + spread]
             raise ConfigError(f"augment.{key}: must be in [0, 1], got {spread}")
+    for key, spread in {"gamma": a.gamma, "blur": a.blur, "noise": a.noise}.items():
+        if spread < 0:
+            raise ConfigError(f"augment.{key}: must not be negative, got {spread}")
     if a.crop and (
         len(a.crop) != 2 or any(c <= 0 or c % 16 or c > s for c, s in zip(a.crop, d.size))
     ):

@@ -1,6 +1,7 @@
 """Batched augmentation and normalisation on the training device.
 
-Geometry (random scale + crop, horizontal flip, optionally a smaller output crop) is one affine
+Photometric changes (colour jitter, then gamma, blur and noise) act on the image alone, before
+normalisation. Geometry (random scale + crop, horizontal flip, optionally a smaller output crop) is one affine
 resampling per image, bilinear for the image and nearest for the mask, so the two stay aligned;
 pixels brought in from outside the image are ignored in the mask. Random parameters come from a
 generator the caller seeds per step, which makes resumed runs repeat their augmentation exactly.
@@ -43,6 +44,7 @@ def prepare_batch(
     y = masks.long()
     if augment is not None and augment.enabled:
         x = _colour_jitter(x, augment, generator)
+        x = _camera_effects(x, augment, generator)
         x = normalise(x, mean, std)
         x, y = _scale_crop_flip(x, y, augment, generator)
         return x, y
@@ -72,6 +74,39 @@ def _colour_jitter(
     gray = _gray(x)  # after the contrast change, so saturation does not undo it
     x = (x - gray) * saturation + gray
     return x.clamp_(0.0, 1.0)
+
+
+def _camera_effects(
+    x: torch.Tensor, augment: AugmentConfig, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Random gamma, Gaussian blur and Gaussian noise per image, each drawn only when on."""
+    n = x.shape[0]
+    if augment.gamma > 0:  # log-uniform, so darkening and brightening are equally likely
+        log_spread = torch.log1p(torch.tensor(augment.gamma))
+        gamma = torch.exp((torch.rand(n, generator=generator) * 2.0 - 1.0) * log_spread)
+        x = x.clamp(min=1e-6).pow(gamma.view(n, 1, 1, 1).to(x.device))
+    if augment.blur > 0:
+        x = gaussian_blur(x, torch.rand(n, generator=generator) * augment.blur)
+    if augment.noise > 0:
+        std = torch.rand(n, 1, 1, 1, generator=generator) * augment.noise
+        noise = torch.randn(x.shape, generator=generator) * std
+        x = (x + noise.to(x.device)).clamp_(0.0, 1.0)
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each of the (N, C, H, W) images with its own sigma (pixels; 0 leaves it as it is)."""
+    n, channels, height, width = x.shape
+    radius = max(1, int(torch.ceil(2.0 * sigma.max())))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernels = torch.exp(-(offsets**2) / (2.0 * sigma.clamp(min=1e-3).view(n, 1) ** 2))
+    kernels = (kernels / kernels.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)
+    kernels = kernels.to(x.device, x.dtype)
+    # Separable: one grouped convolution along each axis, one group per image channel.
+    flat = F.pad(x.reshape(1, n * channels, height, width), [radius] * 4, mode="replicate")
+    flat = F.conv2d(flat, kernels.view(n * channels, 1, 1, -1), groups=n * channels)
+    flat = F.conv2d(flat, kernels.view(n * channels, 1, -1, 1), groups=n * channels)
+    return flat.view(n, channels, height, width)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
