@@ -1,10 +1,11 @@
 """Batched augmentation and normalisation on the training device.
 
 Photometric changes (colour jitter, then gamma, blur and noise) act on the image alone, before
-normalisation. Geometry (random scale + crop, horizontal flip, optionally a smaller output crop) is one affine
-resampling per image, bilinear for the image and nearest for the mask, so the two stay aligned;
-pixels brought in from outside the image are ignored in the mask. Random parameters come from a
-generator the caller seeds per step, which makes resumed runs repeat their augmentation exactly.
+normalisation. Geometry (random scale + crop, horizontal flip, optionally a smaller output crop)
+is one affine resampling per image, bilinear for the image and nearest for the mask, so the two
+stay aligned; pixels brought in from outside the image are ignored in the mask. Random parameters
+come from a generator the caller seeds per step, which makes resumed runs repeat their augmentation
+exactly.
 """
 
 from __future__ import annotations
