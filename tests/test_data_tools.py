@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unetseg.config import DataConfig
+from unetseg.config import AugmentConfig, DataConfig
 from unetseg.data.classes import ClassSet, camvid11, cityscapes19, load_class_set
 from unetseg.data.folders import find_folders
 from unetseg.data.io import DataError, Sample
@@ -158,6 +158,33 @@ def test_show_samples_grid(synthetic_root: Path, tmp_path: Path) -> None:
     small = show_samples(samples, classes, 10, tmp_path / "small.png", size=(64, 32))
     with Image.open(small) as image:  # count is capped at the number of samples
         assert image.size == (128, 6 * 32 + legend_strip(classes, 128).shape[0])
+
+
+def test_show_samples_augmented_shows_what_training_sees(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    """Flip-only augmentation: each augmented pair is its row's pair, mirrored or not, together;
+    a smaller crop sits top left with the rest black."""
+    samples = find_samples(DataConfig(kind="cityscapes", root=str(synthetic_root)), "train")
+    classes = cityscapes19()
+    still = {"scale_min": 1.0, "scale_max": 1.0, "brightness": 0.0, "contrast": 0.0}
+    flip_only = AugmentConfig(**still, saturation=0.0)
+    path = show_samples(samples, classes, 4, tmp_path / "a.png", (128, 64), 2, flip_only)
+    grid = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert grid.shape[1] == 4 * 128
+    mirrored = []
+    for row in range(4):
+        image, mask, seen, seen_mask = np.split(grid[row * 64 : (row + 1) * 64], 4, axis=1)
+        mirrored.append(np.array_equal(seen_mask, mask[:, ::-1]))
+        assert mirrored[-1] or np.array_equal(seen_mask, mask)
+        expected = image[:, ::-1] if mirrored[-1] else image
+        assert np.abs(seen - expected).max() <= 1
+    assert any(mirrored) and not all(mirrored)
+    cropped = AugmentConfig(**still, saturation=0.0, hflip=False, crop=[64, 32])
+    path = show_samples(samples, classes, 1, tmp_path / "c.png", (128, 64), 0, cropped)
+    _, _, seen, seen_mask = np.split(np.asarray(Image.open(path).convert("RGB"))[:64], 4, axis=1)
+    assert seen[:32, :64].any() and not seen[32:].any() and not seen[:, 64:].any()
+    assert not seen_mask[32:].any()  # ignored: black
 
 
 def test_show_samples_resizes_to_the_first_image(tmp_path: Path) -> None:

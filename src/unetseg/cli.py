@@ -157,9 +157,12 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     config = _load(args)
     ensure_synthetic(config.data)
     samples = find_samples(config.data, args.split)
-    path = show_samples(
-        samples, load_class_set(config.data.class_set), args.count, args.output, seed=args.seed
-    )
+    classes = load_class_set(config.data.class_set)
+    if args.augmented:  # at the size training sees, so the augmentation looks as it acts
+        size, augment = tuple(config.data.size), config.augment
+        path = show_samples(samples, classes, args.count, args.output, size, args.seed, augment)
+    else:
+        path = show_samples(samples, classes, args.count, args.output, seed=args.seed)
     print(f"grid: {path}")
     return 0
 
@@ -336,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--split", default="train", help="split to sample from (train)")
     show.add_argument("--count", type=_positive, default=6, help="number of samples (6)")
     show.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
+    show.add_argument(
+        "--augmented",
+        action="store_true",
+        help="add the training augmentation of each sample, at data.size, beside it",
+    )
     show.add_argument(
         "--output", type=Path, default=Path("samples.png"), help="PNG to write (samples.png)"
     )

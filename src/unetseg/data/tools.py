@@ -11,9 +11,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
+from unetseg.config import AugmentConfig  # noqa: E402
 from unetseg.data.classes import IGNORE_INDEX, ClassSet  # noqa: E402
 from unetseg.data.io import DataError, Sample, read_pair, read_train_ids, resize_pair  # noqa: E402
+from unetseg.data.transforms import prepare_batch  # noqa: E402
 from unetseg.files import atomic_path  # noqa: E402
 from unetseg.parallel import parallel_map  # noqa: E402
 from unetseg.viz import colorize, legend_strip, save_image  # noqa: E402
@@ -177,12 +180,44 @@ def plot_stats(stats: dict[str, ClassStats], path: Path) -> None:
     plt.close(figure)
 
 
-def _sample_row(sample: Sample, class_set: ClassSet, size: tuple[int, int] | None) -> np.ndarray:
-    """image | colour mask of one sample, resized to ``size`` = (W, H) if given."""
+def _sample_row(
+    sample: Sample,
+    class_set: ClassSet,
+    size: tuple[int, int] | None,
+    augment: AugmentConfig | None,
+    generator: torch.Generator,
+) -> np.ndarray:
+    """image | colour mask of one sample, resized to ``size`` = (W, H) if given; with ``augment``,
+    followed by one random draw of that training augmentation (image | mask, void black)."""
     rgb, _, train_ids = read_pair(sample, class_set)
     if size is not None:
         rgb, train_ids = resize_pair(rgb, train_ids, size)
-    return np.concatenate([rgb, colorize(train_ids, class_set)], axis=1)
+    columns = [rgb, colorize(train_ids, class_set)]
+    if augment is not None:
+        image, mask = _augmented(rgb, train_ids, augment, generator)
+        columns += [image, colorize(mask, class_set)]
+    return np.concatenate(columns, axis=1)
+
+
+def _augmented(
+    rgb: np.ndarray, train_ids: np.ndarray, augment: AugmentConfig, generator: torch.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """What training feeds the model for this pair, back as uint8 image and mask of the pair's
+    size (a smaller ``augment.crop`` sits top left, the rest ignored)."""
+    x, y = prepare_batch(
+        torch.from_numpy(rgb.copy())[None],
+        torch.from_numpy(train_ids.copy())[None],
+        (0.0, 0.0, 0.0),
+        (1.0, 1.0, 1.0),
+        augment,
+        generator,
+    )
+    image = np.zeros_like(rgb)
+    mask = np.full_like(train_ids, IGNORE_INDEX)
+    height, width = y.shape[1:]
+    image[:height, :width] = (x[0].permute(1, 2, 0) * 255.0).round().byte().numpy()
+    mask[:height, :width] = y[0].numpy()
+    return image, mask
 
 
 def show_samples(
@@ -192,19 +227,22 @@ def show_samples(
     path: Path,
     size: tuple[int, int] | None = None,
     seed: int = 0,
+    augment: AugmentConfig | None = None,
 ) -> Path:
     """A PNG of ``count`` randomly chosen (seeded) samples: rows of image | colour mask, legend below.
 
-    Every row is resized to ``size`` = (W, H), by default the first chosen image's size.
+    Every row is resized to ``size`` = (W, H), by default the first chosen image's size. With
+    ``augment``, each row goes on with a random draw of that augmentation: what training sees.
     """
     if not samples or count < 1:
         raise ValueError("show_samples needs at least one sample and count >= 1")
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(samples), size=min(count, len(samples)), replace=False))
+    generator = torch.Generator().manual_seed(seed)
     rows = []
     for index in chosen:
-        row = _sample_row(samples[index], class_set, size)
-        size = size or (row.shape[1] // 2, row.shape[0])
+        row = _sample_row(samples[index], class_set, size, augment, generator)
+        size = size or (row.shape[1] // (2 if augment is None else 4), row.shape[0])
         rows.append(row)
     grid = np.concatenate(rows, axis=0)
     grid = np.concatenate([grid, legend_strip(class_set, grid.shape[1])], axis=0)
