@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from unetseg.cli import main
 from unetseg.config import AugmentConfig, DataConfig
 from unetseg.data.classes import ClassSet, camvid11, cityscapes19, load_class_set
 from unetseg.data.folders import find_folders
@@ -185,6 +186,22 @@ def test_show_samples_augmented_shows_what_training_sees(
     _, _, seen, seen_mask = np.split(np.asarray(Image.open(path).convert("RGB"))[:64], 4, axis=1)
     assert seen[:32, :64].any() and not seen[32:].any() and not seen[:, 64:].any()
     assert not seen_mask[32:].any()  # ignored: black
+
+
+def test_data_show_augmented_cli_draws_at_the_training_size(tmp_path: Path) -> None:
+    for split in ("train", "trainannot"):
+        (tmp_path / split).mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.full((30, 50, 3), 90, np.uint8)).save(tmp_path / "train" / f"{name}.png")
+        Image.fromarray(np.full((30, 50), 3, np.uint8)).save(
+            tmp_path / "trainannot" / f"{name}.png"
+        )
+    output = tmp_path / "shown.png"
+    data = ["data.kind=folders", f"data.root={tmp_path}", "data.class_set=camvid11"]
+    args = ["data", "show", "--augmented", "--output", str(output), *data, "data.size=[32,16]"]
+    assert main(args) == 0
+    with Image.open(output) as image:
+        assert image.size == (4 * 32, 2 * 16 + legend_strip(camvid11(), 4 * 32).shape[0])
 
 
 def test_show_samples_resizes_to_the_first_image(tmp_path: Path) -> None:
