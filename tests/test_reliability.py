@@ -62,6 +62,12 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """A suite run as a background job (``cmd &``) passes on an ignored SIGINT; undo that, so the
+    commands under test get SIGINT as a user at a terminal sends it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Launched:
     """A command started in its own session; output goes to a file; killed at teardown."""
 
@@ -75,6 +81,7 @@ class Launched:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
+                preexec_fn=_sigint_as_at_a_terminal,
             )
 
     def text(self) -> str:
