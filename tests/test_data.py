@@ -349,7 +349,8 @@ def test_augmentation_keeps_mask_aligned(crop: list[int]) -> None:
         assert (target[blank] == IGNORE_INDEX).all()
 
 
-def test_augmentation_is_reproducible() -> None:
+@pytest.mark.parametrize("camera", [{}, {"gamma": 0.5, "blur": 1.0, "noise": 0.03}])
+def test_augmentation_is_reproducible(camera: dict[str, float]) -> None:
     images, masks = _coded_batch()
     runs = [
         prepare_batch(
@@ -357,7 +358,7 @@ def test_augmentation_is_reproducible() -> None:
             masks,
             IMAGENET_MEAN,
             IMAGENET_STD,
-            AugmentConfig(),
+            AugmentConfig(**camera),
             torch.Generator().manual_seed(s),
         )
         for s in (11, 11, 12)
@@ -397,13 +398,19 @@ def test_crop_is_a_window_at_native_resolution() -> None:
         assert torch.equal(y[i, 0], (torch.arange(48) + column) % 3)
 
 
+def augmented_grey(level: int, n: int, height: int, width: int, **augment: float) -> torch.Tensor:
+    """``n`` flat grey images of ``level`` through ``still_augment(**augment)``, in [0, 1]."""
+    grey = torch.full((n, height, width, 3), level, dtype=torch.uint8)
+    masks = torch.zeros(n, height, width, dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    x, _ = prepare_batch(grey, masks, (0, 0, 0), (1, 1, 1), still_augment(**augment), generator)
+    return x
+
+
 @pytest.mark.parametrize("spread", [0.0, 0.3])
 def test_white_balance_tints_each_image_within_its_spread(spread: float) -> None:
     n = 64
-    grey = torch.full((n, 8, 16, 3), 128, dtype=torch.uint8)
-    masks = torch.zeros(n, 8, 16, dtype=torch.uint8)
-    augment = still_augment(white_balance=spread)
-    x, _ = prepare_batch(grey, masks, (0, 0, 0), (1, 1, 1), augment, torch.Generator())
+    x = augmented_grey(128, n, 8, 16, white_balance=spread)
     gains = x.mean(dim=(2, 3)) / (128 / 255)  # (n, 3) per-channel gain of each image
     assert (x.amax(dim=(2, 3)) - x.amin(dim=(2, 3))).max() < 1e-5  # a flat image stays flat
     assert gains.min() >= 1 - spread - 1e-5 and gains.max() <= 1 + spread + 1e-5
@@ -415,11 +422,8 @@ def test_white_balance_tints_each_image_within_its_spread(spread: float) -> None
 
 
 def test_gamma_darkens_and_brightens_within_its_spread() -> None:
-    n, spread = 64, 0.5
-    grey = torch.full((n, 8, 16, 3), 64, dtype=torch.uint8)
-    masks = torch.zeros(n, 8, 16, dtype=torch.uint8)
-    augment = still_augment(gamma=spread)
-    x, _ = prepare_batch(grey, masks, (0, 0, 0), (1, 1, 1), augment, torch.Generator())
+    spread = 0.5
+    x = augmented_grey(64, 64, 8, 16, gamma=spread)
     assert (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).max() < 1e-5  # a flat image stays flat
     gammas = torch.log(x[:, 0, 0, 0]) / np.log(64 / 255)
     assert gammas.min() >= 1 / (1 + spread) - 1e-4 and gammas.max() <= 1 + spread + 1e-4
@@ -442,11 +446,8 @@ def test_blur_matches_a_hand_computed_gaussian_per_image() -> None:
 
 
 def test_noise_is_zero_mean_with_a_random_strength_per_image() -> None:
-    n, strength = 32, 0.05
-    grey = torch.full((n, 32, 32, 3), 128, dtype=torch.uint8)
-    masks = torch.zeros(n, 32, 32, dtype=torch.uint8)
-    augment = still_augment(noise=strength)
-    x, _ = prepare_batch(grey, masks, (0, 0, 0), (1, 1, 1), augment, torch.Generator())
+    strength = 0.05
+    x = augmented_grey(128, 32, 32, 32, noise=strength)
     residual = x - 128 / 255
     stds = residual.std(dim=(1, 2, 3))
     assert residual.mean().abs() < 1e-3

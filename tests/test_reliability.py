@@ -179,6 +179,22 @@ def ddp_train(launch) -> Iterator[tuple[Callable[..., Launched], str]]:
             os.kill(pid, signal.SIGKILL)
 
 
+def ddp_overrides(root: Path, cache: Path, iterations: int, **extra: object) -> list[str]:
+    """``tiny_overrides`` for a torchrun pair: one micro-batch a step, no evaluation or snapshot."""
+    never = iterations + 1
+    return tiny_overrides(
+        root,
+        cache,
+        **{
+            "train.accum_steps": 1,
+            "train.training_iterations": iterations,
+            "train.eval_interval": never,
+            "train.snapshot_interval": never,
+            **extra,
+        },
+    )
+
+
 def cli(args: list[object], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
     """``unetseg ARGS`` in this process: (exit code, stdout, stderr)."""
     capsys.readouterr()
@@ -479,16 +495,7 @@ def test_a_dead_ddp_worker_ends_the_launcher_and_the_pair_resumes(
 ) -> None:
     """Fault 5: SIGKILL rank 1 of a 2-process gloo run: all exit quickly; --resume completes."""
     start, tag = ddp_train
-    overrides = tiny_overrides(
-        synthetic_root,
-        tmp_path / "cache",
-        **{
-            "train.accum_steps": 1,
-            "train.training_iterations": 12,
-            "train.eval_interval": 100,
-            "train.snapshot_interval": 100,
-        },
-    )
+    overrides = ddp_overrides(synthetic_root, tmp_path / "cache", 12)
     run = tmp_path / "ddp"
     process = start("--out", run, *overrides)
     process.wait_for(lambda: list(run.glob("checkpoints/*.sha256")), 120, "a first checkpoint")
@@ -566,16 +573,8 @@ def test_sigterm_to_one_ddp_worker_stops_both_at_one_saved_step(
 ) -> None:
     """Fault 6 under DDP: SIGTERM to rank 1 alone: both ranks save one step and leave quickly."""
     start, tag = ddp_train
-    overrides = tiny_overrides(
-        synthetic_root,
-        tmp_path / "cache",
-        **{
-            "train.accum_steps": 1,
-            "train.training_iterations": 5000,
-            "train.eval_interval": 10000,
-            "train.snapshot_interval": 10000,
-            "train.save_model_interval": 1000,
-        },
+    overrides = ddp_overrides(
+        synthetic_root, tmp_path / "cache", 5000, **{"train.save_model_interval": 1000}
     )
     run = tmp_path / "ddp"
     process = start("--out", run, *overrides)

@@ -158,11 +158,10 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     ensure_synthetic(config.data)
     samples = find_samples(config.data, args.split)
     classes = load_class_set(config.data.class_set)
-    if args.augmented:  # at the size training sees, so the augmentation looks as it acts
-        size, augment = tuple(config.data.size), config.augment
-        path = show_samples(samples, classes, args.count, args.output, size, args.seed, augment)
-    else:
-        path = show_samples(samples, classes, args.count, args.output, seed=args.seed)
+    # Augmented: at the size training sees, so that the augmentation looks as it acts.
+    size = tuple(config.data.size) if args.augmented else None
+    augment = config.augment if args.augmented else None
+    path = show_samples(samples, classes, args.count, args.output, size, args.seed, augment)
     print(f"grid: {path}")
     return 0
 

@@ -10,6 +10,7 @@ exactly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -83,15 +84,18 @@ def _camera_effects(
     """Random gamma, Gaussian blur and Gaussian noise per image, each drawn only when on."""
     n = x.shape[0]
     if augment.gamma > 0:  # log-uniform, so darkening and brightening are equally likely
-        log_spread = torch.log1p(torch.tensor(augment.gamma))
-        gamma = torch.exp((torch.rand(n, generator=generator) * 2.0 - 1.0) * log_spread)
-        x = x.clamp(min=1e-6).pow(gamma.view(n, 1, 1, 1).to(x.device))
+        spread = (torch.rand(n, generator=generator) * 2.0 - 1.0) * math.log1p(augment.gamma)
+        x = x.clamp(min=1e-6).pow(spread.exp().view(n, 1, 1, 1).to(x.device))
     if augment.blur > 0:
         x = gaussian_blur(x, torch.rand(n, generator=generator) * augment.blur)
     if augment.noise > 0:
-        std = torch.rand(n, 1, 1, 1, generator=generator) * augment.noise
-        noise = torch.randn(x.shape, generator=generator) * std
-        x = (x + noise.to(x.device)).clamp_(0.0, 1.0)
+        std = (torch.rand(n, 1, 1, 1, generator=generator) * augment.noise).to(x.device)
+        # The noise image is drawn where x lives (from the host it would cross to the GPU every
+        # step), by a generator seeded from the caller's, so that runs still repeat exactly.
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        on_device = torch.Generator(device=x.device).manual_seed(seed)
+        noise = torch.randn(x.shape, generator=on_device, device=x.device, dtype=x.dtype)
+        x = (x + noise * std).clamp_(0.0, 1.0)
     return x
 
 
