@@ -82,6 +82,9 @@ class ModelConfig:
     upsampling: str = "transpose"  # transpose | bilinear
     encoder: str = "plain"  # plain (UNet) | residual (ResUNet: stride-2 stem, residual stages)
     blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])  # residual blocks per stage
+    # residual encoder only: one more decoder level at the input's resolution (width // 2
+    # channels) instead of upsampling the logits x2, for structures a pixel or two wide
+    full_resolution: bool = False
     input_norm: str = "none"  # none | per_image (standardise each image by its own mean/std)
 
 
@@ -290,6 +293,11 @@ def validate(config: Config) -> None:
     if len(config.model.blocks) != 4 or min(config.model.blocks) < 1:
         raise ConfigError(
             f"model.blocks: need four counts of at least 1, got {config.model.blocks}"
+        )
+    if config.model.full_resolution and config.model.encoder != "residual":
+        raise ConfigError(
+            "model.full_resolution: only for model.encoder=residual "
+            "(the plain U-Net already decodes to full resolution)"
         )
     if not 0.0 <= config.model.dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")

@@ -6,7 +6,8 @@ the input (the paper's valid convolutions would shrink it).
 
 ``ResUNet``: the same decoder over a ResNet-style encoder (He et al. 2016, basic blocks) that starts
 with a stride-2 stem, so its four levels sit at 1/2 to 1/16 of the input and the logits are
-upsampled x2 at the end. With its compute at low resolution it is cheap on a CPU even when deep:
+upsampled x2 at the end, or (``full_resolution``) a light decoder level climbs back to the input's
+own resolution over a skip from the input, for structures a pixel or two wide (poles, signs). With its compute at low resolution it is cheap on a CPU even when deep:
 at width 32 with ResNet-34's depths (3, 4, 6, 3) it trained 1.8x the images per second of the
 width-32 ``UNet`` at 320x240 (benchmarks/RESULTS.md, CamVid variants D and E).
 """
@@ -171,7 +172,9 @@ class ResUNet(nn.Module):
 
     A 3x3 stride-2 stem with ``width`` channels, then four residual stages of ``blocks[i]`` blocks
     with ``width * 2**i`` channels at 1/2, 1/4, 1/8 and 1/16 of the input; the ``UNet`` decoder
-    climbs back to 1/2 and the logits are bilinearly upsampled to the input size.
+    climbs back to 1/2 and the logits are bilinearly upsampled to the input size. With
+    ``full_resolution`` one more decoder level of ``width // 2`` channels (its skip: a 3x3 conv of
+    the input) gives logits at the input size directly, for thin structures.
     """
 
     def __init__(
@@ -183,9 +186,12 @@ class ResUNet(nn.Module):
         upsampling: Upsampling = "transpose",
         in_channels: int = 3,
         input_norm: InputNorm = "none",
+        full_resolution: bool = False,
     ) -> None:
         super().__init__()
         check_arguments(num_classes, width, dropout)
+        if full_resolution and width < 2:
+            raise ValueError("full_resolution needs a width of at least 2")
         if len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"blocks must be four counts of at least 1, not {list(blocks)}")
         self.input_norm = input_normalisation(input_norm, in_channels)
@@ -202,12 +208,25 @@ class ResUNet(nn.Module):
         self.ups = nn.ModuleList(
             Up(w[i + 1], w[i], dropout, upsampling) for i in reversed(range(3))
         )
-        self.head = nn.Conv2d(w[0], num_classes, kernel_size=1)
+        self.full_res_skip: nn.Module | None = None
+        self.full_res_up: Up | None = None
+        head_channels = w[0]
+        if full_resolution:
+            head_channels = w[0] // 2
+            self.full_res_skip = nn.Sequential(
+                nn.Conv2d(in_channels, head_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(head_channels),
+                nn.ReLU(inplace=True),
+            )
+            self.full_res_up = Up(w[0], head_channels, dropout, upsampling)
+        self.head = nn.Conv2d(head_channels, num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x.shape[-2], x.shape[-1])
         size = x.shape[-2:]
-        x = self.stem(self.input_norm(x))
+        x = self.input_norm(x)
+        full_res = self.full_res_skip(x) if self.full_res_skip is not None else None
+        x = self.stem(x)
         skips = []
         for stage in self.stages:
             x = stage(x)
@@ -215,6 +234,8 @@ class ResUNet(nn.Module):
         skips.pop()  # the deepest stage output is x itself
         for up in self.ups:
             x = up(x, skips.pop())
+        if self.full_res_up is not None:
+            return self.head(self.full_res_up(x, full_res))
         return nn.functional.interpolate(
             self.head(x), size=size, mode="bilinear", align_corners=False
         )
