@@ -129,9 +129,7 @@ def build_model(config: Config, num_classes: int) -> SegmentationNet:
     m = config.model
     common = {"dropout": m.dropout, "upsampling": m.upsampling, "input_norm": m.input_norm}
     if m.encoder == "residual":
-        return ResUNet(
-            num_classes, m.width, m.blocks, full_resolution=m.full_resolution, **common
-        )
+        return ResUNet(num_classes, m.width, m.blocks, full_resolution=m.full_resolution, **common)
     return UNet(num_classes, m.width, **common)
 
 
