@@ -18,17 +18,20 @@ from unetseg.export import export_onnx
 from unetseg.predict import Predictor, predict_paths
 
 
-@pytest.fixture(scope="module", params=["plain", "residual"])
+@pytest.fixture(scope="module", params=["plain", "residual", "residual_full_resolution"])
 def exported(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> tuple[Path, Path]:
-    """(checkpoint, onnx) of a width-4 model of each encoder (the residual one with per-image input
-    normalisation), with random weights and batch-norm statistics."""
+    """(checkpoint, onnx) of a width-4 model of each encoder (the residual ones with per-image input
+    normalisation, one of them with its full-resolution decoder level), with random weights and
+    batch-norm statistics."""
     folder = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
-    model_config = {"width": 4, "encoder": request.param, "blocks": [1, 2, 1, 1]}
-    if request.param == "residual":
+    encoder = "plain" if request.param == "plain" else "residual"
+    model_config = {"width": 4, "encoder": encoder, "blocks": [1, 2, 1, 1]}
+    if encoder == "residual":
         model_config["input_norm"] = "per_image"
+        model_config["full_resolution"] = request.param == "residual_full_resolution"
     config = from_dict({"model": model_config, "data": {"size": [64, 32]}})
     model = build_model(config, cityscapes19().num_classes)
     for module in model.modules():
