@@ -7,9 +7,10 @@ the input (the paper's valid convolutions would shrink it).
 ``ResUNet``: the same decoder over a ResNet-style encoder (He et al. 2016, basic blocks) that starts
 with a stride-2 stem, so its four levels sit at 1/2 to 1/16 of the input and the logits are
 upsampled x2 at the end, or (``full_resolution``) a light decoder level climbs back to the input's
-own resolution over a skip from the input, for structures a pixel or two wide (poles, signs). With its compute at low resolution it is cheap on a CPU even when deep:
-at width 32 with ResNet-34's depths (3, 4, 6, 3) it trained 1.8x the images per second of the
-width-32 ``UNet`` at 320x240 (benchmarks/RESULTS.md, CamVid variants D and E).
+own resolution over a skip from the input, for structures a pixel or two wide (poles, signs). With
+its compute at low resolution it is cheap on a CPU even when deep: at width 32 with ResNet-34's
+depths (3, 4, 6, 3) it trained 1.8x the images per second of the width-32 ``UNet`` at 320x240
+(benchmarks/RESULTS.md, CamVid variants D and E).
 """
 
 from __future__ import annotations
