@@ -35,6 +35,10 @@ def test_defaults_yaml_and_overrides(tmp_path):
         (["model.encoder=resnet"], r"model.encoder: 'resnet' is not one of plain, residual"),
         (["model.blocks=[2,2,2]"], r"model.blocks: need four counts of at least 1"),
         (["model.full_resolution=true"], r"model.full_resolution: only for model.encoder=resid"),
+        (
+            ["model.encoder=residual", "model.full_resolution=true", "model.width=1"],
+            r"model.full_resolution: needs model.width >= 2 .*got 1",
+        ),
         (["model.input_norm=batch"], r"model.input_norm: 'batch' is not one of"),
         (["train.average_from=1.0"], r"train.average_from: must be in \[0, 1\), got 1.0"),
         (["augment.brightness=1.5"], r"augment.brightness: must be in \[0, 1\], got 1.5"),

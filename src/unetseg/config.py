@@ -299,6 +299,11 @@ def validate(config: Config) -> None:
             "model.full_resolution: only for model.encoder=residual "
             "(the plain U-Net already decodes to full resolution)"
         )
+    if config.model.full_resolution and config.model.width < 2:
+        raise ConfigError(
+            f"model.full_resolution: needs model.width >= 2 (its level has width // 2 channels), "
+            f"got {config.model.width}"
+        )
     if not 0.0 <= config.model.dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
     if not 0 < a.scale_min <= a.scale_max:
