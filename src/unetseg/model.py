@@ -209,25 +209,17 @@ class ResUNet(nn.Module):
         self.ups = nn.ModuleList(
             Up(w[i + 1], w[i], dropout, upsampling) for i in reversed(range(3))
         )
-        self.full_res_skip: nn.Module | None = None
-        self.full_res_up: Up | None = None
-        head_channels = w[0]
+        self.head = nn.Conv2d(w[0], num_classes, kernel_size=1)
+        self.refine: FullResolutionRefinement | None = None
         if full_resolution:
-            head_channels = w[0] // 2
-            self.full_res_skip = nn.Sequential(
-                nn.Conv2d(in_channels, head_channels, 3, padding=1, bias=False),
-                nn.BatchNorm2d(head_channels),
-                nn.ReLU(inplace=True),
+            self.refine = FullResolutionRefinement(
+                in_channels, w[0], num_classes, dropout, upsampling
             )
-            self.full_res_up = Up(w[0], head_channels, dropout, upsampling)
-        self.head = nn.Conv2d(head_channels, num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x.shape[-2], x.shape[-1])
-        size = x.shape[-2:]
-        x = self.input_norm(x)
-        full_res = self.full_res_skip(x) if self.full_res_skip is not None else None
-        x = self.stem(x)
+        image = self.input_norm(x)
+        x = self.stem(image)
         skips = []
         for stage in self.stages:
             x = stage(x)
@@ -235,11 +227,46 @@ class ResUNet(nn.Module):
         skips.pop()  # the deepest stage output is x itself
         for up in self.ups:
             x = up(x, skips.pop())
-        if self.full_res_up is not None:
-            return self.head(self.full_res_up(x, full_res))
-        return nn.functional.interpolate(
-            self.head(x), size=size, mode="bilinear", align_corners=False
+        logits = nn.functional.interpolate(
+            self.head(x), size=image.shape[-2:], mode="bilinear", align_corners=False
         )
+        if self.refine is not None:
+            logits = logits + self.refine(x, image)
+        return logits
+
+
+class FullResolutionRefinement(nn.Module):
+    """A light decoder level at the input's resolution that corrects the upsampled logits.
+
+    Its skip is a 3x3 conv of the image itself, so it sees structures a pixel or two wide that
+    the half-resolution decoder blurs. Its 1x1 head starts at zero: training starts from the
+    half-resolution model and the level only learns a correction. (Variant M, whose logits came
+    from this level alone, never learnt Pole on CamVid's full train split.)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        decoder_channels: int,
+        num_classes: int,
+        dropout: float,
+        upsampling: Upsampling,
+    ) -> None:
+        super().__init__()
+        channels = decoder_channels // 2
+        self.skip = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+        )
+        self.up = Up(decoder_channels, channels, dropout, upsampling)
+        self.head = nn.Conv2d(channels, num_classes, kernel_size=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, decoded: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Logit corrections at the image's size from half-resolution features and the image."""
+        return self.head(self.up(decoded, self.skip(image)))
 
 
 SegmentationNet = UNet | ResUNet
