@@ -6,8 +6,9 @@ the input (the paper's valid convolutions would shrink it).
 
 ``ResUNet``: the same decoder over a ResNet-style encoder (He et al. 2016, basic blocks) that starts
 with a stride-2 stem, so its four levels sit at 1/2 to 1/16 of the input and the logits are
-upsampled x2 at the end, or (``full_resolution``) a light decoder level climbs back to the input's
-own resolution over a skip from the input, for structures a pixel or two wide (poles, signs). With
+upsampled x2 at the end; with ``full_resolution`` a light decoder level at the input's own
+resolution, over a skip from the input, adds a correction to them for structures a pixel or two
+wide (poles, signs). With
 its compute at low resolution it is cheap on a CPU even when deep: at width 32 with ResNet-34's
 depths (3, 4, 6, 3) it trained 1.8x the images per second of the width-32 ``UNet`` at 320x240
 (benchmarks/RESULTS.md, CamVid variants D and E).
@@ -174,8 +175,8 @@ class ResUNet(nn.Module):
     A 3x3 stride-2 stem with ``width`` channels, then four residual stages of ``blocks[i]`` blocks
     with ``width * 2**i`` channels at 1/2, 1/4, 1/8 and 1/16 of the input; the ``UNet`` decoder
     climbs back to 1/2 and the logits are bilinearly upsampled to the input size. With
-    ``full_resolution`` one more decoder level of ``width // 2`` channels (its skip: a 3x3 conv of
-    the input) gives logits at the input size directly, for thin structures.
+    ``full_resolution`` a ``FullResolutionRefinement`` adds a correction to them, for thin
+    structures.
     """
 
     def __init__(
