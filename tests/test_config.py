@@ -1,6 +1,12 @@
-import pytest
+from pathlib import Path
 
+import pytest
+import torch
+
+from unetseg.checkpoint import build_model
 from unetseg.config import ConfigError, load_config
+
+SHIPPED_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 
 def write(tmp_path, text):
@@ -61,3 +67,12 @@ def test_malformed_yaml_and_missing_file(tmp_path):
         load_config(write(tmp_path, "train:\n  batch_size: [1, 2\n"))
     with pytest.raises(ConfigError, match="nothere.yaml: config file not found"):
         load_config(tmp_path / "nothere.yaml")
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_build_a_model_of_their_input_size(path):
+    config = load_config(path, ["model.width=4"])  # the recipe's architecture, but tiny
+    model = build_model(config, 5).eval()
+    width, height = config.data.size
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, height, width)).shape == (1, 5, height, width)
