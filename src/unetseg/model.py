@@ -8,10 +8,9 @@ the input (the paper's valid convolutions would shrink it).
 with a stride-2 stem, so its four levels sit at 1/2 to 1/16 of the input and the logits are
 upsampled x2 at the end; with ``full_resolution`` a light decoder level at the input's own
 resolution, over a skip from the input, adds a correction to them for structures a pixel or two
-wide (poles, signs). With
-its compute at low resolution it is cheap on a CPU even when deep: at width 32 with ResNet-34's
-depths (3, 4, 6, 3) it trained 1.8x the images per second of the width-32 ``UNet`` at 320x240
-(benchmarks/RESULTS.md, CamVid variants D and E).
+wide (poles, signs). With its compute at low resolution it is cheap on a CPU even when deep: at
+width 32 with ResNet-34's depths (3, 4, 6, 3) it trained 1.8x the images per second of the
+width-32 ``UNet`` at 320x240 (benchmarks/RESULTS.md, CamVid variants D and E).
 """
 
 from __future__ import annotations
