@@ -38,6 +38,8 @@ def exported(
         if isinstance(module, torch.nn.BatchNorm2d):  # make eval-mode BN do something
             module.running_mean.normal_(0, 0.2)
             module.running_var.uniform_(0.5, 2.0)
+    if getattr(model, "refine", None) is not None:  # its head starts at zero: make it add something
+        torch.nn.init.normal_(model.refine.head.weight, std=0.5)
     state = {
         "format": FORMAT,
         "step": 0,

@@ -82,8 +82,8 @@ class ModelConfig:
     upsampling: str = "transpose"  # transpose | bilinear
     encoder: str = "plain"  # plain (UNet) | residual (ResUNet: stride-2 stem, residual stages)
     blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])  # residual blocks per stage
-    # residual encoder only: one more decoder level at the input's resolution (width // 2
-    # channels) instead of upsampling the logits x2, for structures a pixel or two wide
+    # residual encoder only: a decoder level at the input's resolution (width // 2 channels) adds
+    # a correction to the logits upsampled x2, for structures a pixel or two wide
     full_resolution: bool = False
     input_norm: str = "none"  # none | per_image (standardise each image by its own mean/std)
 
