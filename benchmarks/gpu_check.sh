@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check for issue 6, about 5 minutes on one NVIDIA GPU, without network:
-#   1. nvidia-smi and the Python environment (a venv over the system's CUDA torch if .venv is missing);
+#   1. nvidia-smi and the Python environment (.venv, else the system's python3 with its CUDA torch);
 #   2. benchmarks/speed.py --size 512x256 --batch 16 --width 64 --device cuda (bf16 + channels_last
 #      are the defaults on CUDA): original pipeline vs unetseg vs compiled (vs smp if installed);
 #   3. a ~2-minute `unetseg train` run on ~2000 synthetic scenes at 512x256 (width 64, batch 16,
@@ -35,19 +35,10 @@ nvidia-smi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv
 
 stage "Python environment"
-if [[ ! -x .venv/bin/python ]]; then
-    # The box has a CUDA torch system-wide and no network: see it from the venv, install only
-    # this package (--no-index: never try to download; pyproject pins torch==2.13.0, and a
-    # different system torch would otherwise make pip try to fetch that one).
-    python3 -m venv --system-site-packages .venv || {
-        rm -rf .venv # no ensurepip: the system pip, seen through the system site-packages
-        python3 -m venv --system-site-packages --without-pip .venv
-    }
-    .venv/bin/python -m pip install --no-index --no-build-isolation -e . ||
-        .venv/bin/python -m pip install --no-index --no-build-isolation --no-deps -e . ||
-        echo "warning: editable install failed; running from src/ via PYTHONPATH"
-fi
+# The project's venv if there is one; else the system's python3, which on a GPU box holds the CUDA
+# torch (a venv made over it can miss that torch when python3 is itself a venv), with src/ on the path.
 PY="$PWD/.venv/bin/python"
+[[ -x "$PY" ]] || PY="$(command -v python3)"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" - <<'EOF'
 import importlib.util
