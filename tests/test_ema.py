@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from unetseg.ema import WeightAverage
+from unetseg.model import ResUNet
 
 
 def small_model() -> nn.Module:
@@ -75,3 +76,20 @@ def test_the_average_is_frozen_and_its_state_round_trips():
     restored.load_state_dict(average.state_dict())
     assert (restored.updates, restored.uniform_updates) == (2, 1)
     assert torch.equal(restored.module[0].bias, average.module[0].bias)
+
+
+def test_every_tensor_of_a_full_model_moves_towards_its_own_counterpart():
+    torch.manual_seed(0)
+    model = ResUNet(3, width=4, blocks=(1, 1, 1, 1), full_resolution=True)
+    average = WeightAverage(model, decay=0.5)
+    before = {k: v.clone() for k, v in average.module.state_dict().items()}
+    with torch.no_grad():  # a different shift for every tensor: a mix-up could not go unseen
+        for i, tensor in enumerate([*model.parameters(), *model.buffers()]):
+            tensor.add_(i + 1)
+    average.update(model)  # decay min(0.5, 2/11): the average moves 9/11 of the way
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            expected = before[key] + (value - before[key]) * 9 / 11
+            assert torch.allclose(average.module.state_dict()[key], expected, atol=1e-5), key
+        else:
+            assert torch.equal(average.module.state_dict()[key], value), key

@@ -45,12 +45,19 @@ class WeightAverage:
             weight = 1.0 / self.uniform_updates
         else:
             weight = 1.0 - self.current_decay()
-        mine, theirs = self.module.state_dict(), model.state_dict()
-        for key, value in mine.items():
-            if value.is_floating_point():
-                value.lerp_(theirs[key].detach(), weight)
-            else:
-                value.copy_(theirs[key])
+        pairs = list(zip(self._tensors(self.module), self._tensors(model), strict=True))
+        floats = [(mine, theirs) for mine, theirs in pairs if mine.is_floating_point()]
+        if floats:  # one fused call rather than a kernel per tensor
+            mine, theirs = map(list, zip(*floats, strict=True))
+            torch._foreach_lerp_(mine, theirs, weight)
+        for mine, theirs in pairs:
+            if not mine.is_floating_point():  # counters such as batch norm's num_batches_tracked
+                mine.copy_(theirs)
+
+    @staticmethod
+    def _tensors(model: nn.Module) -> list[torch.Tensor]:
+        """Parameters, then buffers, in registration order: the same order in a deep copy."""
+        return [*model.parameters(), *model.buffers()]
 
     def state_dict(self) -> dict[str, Any]:
         return {
