@@ -20,7 +20,7 @@ from unetseg.data import cache
 from unetseg.data.cache import CachedSplit, check_samples, prepare_split
 from unetseg.data.classes import IGNORE_INDEX, ClassSet, camvid11, cityscapes19, cityscapes24
 from unetseg.data.folders import find_folders
-from unetseg.data.io import DataError, Sample, read_mask_values
+from unetseg.data.io import DataError, Sample, read_mask_values, read_rgb
 from unetseg.data.loader import StreamBatchSampler
 from unetseg.data.sources import find_samples
 from unetseg.data.transforms import gaussian_blur, prepare_batch
@@ -498,3 +498,18 @@ def test_every_epoch_covers_every_sample_once() -> None:
     assert len(epochs) == 6
     assert all(sorted(epoch) == list(range(size)) for epoch in epochs)
     assert len({tuple(epoch) for epoch in epochs}) > 1  # a fresh order per epoch
+
+
+def test_32_bit_grayscale_images_scale_to_8_bits_without_wrapping(tmp_path):
+    path = tmp_path / "deep.tif"
+    values = np.array([[0, 70000, 2**30, 2**31 - 1]], dtype=np.int32)  # needs the 31-bit range
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode == "I"
+    assert read_rgb(path)[..., 0].tolist() == [[0, 0, 127, 255]]
+    Image.fromarray(np.array([[0, 300, 65535]], dtype=np.int32)).save(path)
+    assert read_rgb(path)[..., 0].tolist() == [[0, 1, 255]]  # 16-bit values in a 32-bit file
+    Image.fromarray(np.array([[0, 200, 255]], dtype=np.int32)).save(path)
+    assert read_rgb(path)[..., 0].tolist() == [[0, 200, 255]]  # 8-bit values stay as they are
+    Image.fromarray(np.array([[0, -5]], dtype=np.int32)).save(path)
+    with pytest.raises(DataError, match=r"deep\.tif: cannot convert mode I .*negative"):
+        read_rgb(path)

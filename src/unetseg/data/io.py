@@ -58,11 +58,16 @@ def open_image(path: Path) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
-    """Any PIL mode (RGBA, grayscale, palette, 16-bit) as (H, W, 3) uint8."""
+    """Any PIL mode (RGBA, grayscale, palette, 16- or 32-bit) as (H, W, 3) uint8."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale: scale by the actual range of the format, not clip at 255.
-        array = np.asarray(image, dtype=np.uint32)
-        maximum = 65535 if image.mode.startswith("I;16") or array.max() > 255 else 255
+        # 16- and 32-bit grayscale: scale by the format's range (for 32-bit "I" the smallest of the
+        # 8-, 16- and 31-bit ranges that holds the values), never clip or wrap at 255.
+        array = np.asarray(image, dtype=np.int64)
+        if array.min(initial=0) < 0:
+            raise ValueError(f"negative pixel values (down to {array.min()})")
+        maximum = 65535
+        if image.mode == "I":
+            maximum = next(m for m in (255, 65535, 2**31 - 1) if array.max(initial=0) <= m)
         gray = (array * 255 // maximum).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if image.mode == "RGBA" or (image.mode == "P" and "transparency" in image.info):
