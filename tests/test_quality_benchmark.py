@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,44 @@ def test_budgeted_run_scores_both_splits_at_full_resolution(shared_data, tmp_pat
     assert (again["images_seen"], again["budget_min"]) == (summary["images_seen"], 0.1)
     assert "data.size=[64, 48]" in again["overrides"] and "model.width=4" in again["overrides"]
     assert not any(o.startswith("data.val_filter") for o in again["overrides"])
+
+
+def write_camvid_frames(root: Path, names: list[str], rng: np.random.Generator) -> None:
+    """Tiny CamVid-format frames: ``train/NAME.png`` (RGB) and ``trainannot/NAME.png`` (0-11)."""
+    for folder in ("train", "trainannot"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for name in names:
+        rgb = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(root / "train" / f"{name}.png")
+        mask = rng.integers(0, VOID + 1, (48, 64), dtype=np.uint8)
+        Image.fromarray(mask).save(root / "trainannot" / f"{name}.png")
+
+
+def test_sweep_trains_each_variant_on_the_cross_sequence_split(tmp_path):
+    camvid = tmp_path / "camvid"
+    rng = np.random.default_rng(0)
+    write_camvid_frames(camvid, ["0006R0_f1", "0016E5_f1", "0016E5_f2", "0001TP_f1"], rng)
+    env = {
+        **os.environ,
+        "CAMVID": str(camvid),
+        "SWEEP_DIR": str(tmp_path / "sweep"),
+        "DEVICE": "cpu",
+        "WORKERS": "0",
+        "UNETSEG_CACHE": str(tmp_path / "cache"),
+        "SWEEP_OVERRIDES": "model.width=4 model.blocks=[1,1,1,1] data.size=[64,48]",
+    }
+    command = [
+        "bash", str(REPO / "benchmarks" / "sweep_camvid.sh"), "2", "300",
+        "a", "b=train.seed=1 train.base_lr=1e-2",
+        "broken=train.no_such_knob=1",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = {line.split(":")[0]: line for line in done.stdout.splitlines() if ": " in line}
+    for name, seed in (("a", 0), ("b", 1)):
+        assert lines[name].startswith(f"{name}: step 2 mIoU "), done.stdout[-3000:]
+        config = (tmp_path / "sweep" / name / "config.yaml").read_text()
+        assert f"seed: {seed}" in config and "val_filter:\n  - 0001TP*" in config
+    assert "base_lr: 0.01" in (tmp_path / "sweep" / "b" / "config.yaml").read_text()
+    assert lines["broken"].startswith("broken: no evaluation")
+    assert "no_such_knob" in done.stdout  # the end of its log says why
