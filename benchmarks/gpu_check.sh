@@ -6,6 +6,9 @@
 #   3. a ~2-minute `unetseg train` run on ~2000 synthetic scenes at 512x256 (width 64, batch 16,
 #      precision auto), its training images/s (median of log.jsonl rows) and peak memory.
 #
+# Needs, beside a CUDA torch: numpy, Pillow, PyYAML, tqdm, matplotlib, safetensors, cityscapesscripts
+# (pure Python: without network, `pip install --no-deps --target DIR` its wheel, DIR on PYTHONPATH).
+#
 # TARGET: >= 400 training images/s for the width-64 U-Net at 512x256 on one H200.
 # Exit status: 0 target met, 3 target missed, anything else: the check itself failed.
 #
