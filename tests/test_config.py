@@ -53,6 +53,7 @@ def test_defaults_yaml_and_overrides(tmp_path):
         (["augment.crop=[64,48,1]"], r"augment.crop: .*multiples of 16 within data.size"),
         (["augment.crop=[600,48]"], r"augment.crop: .*multiples of 16 within data.size"),
         (["augment.crop=[64,40]"], r"augment.crop: .*multiples of 16 within data.size"),
+        (["loss.ce_hard_fraction=0"], r"loss.ce_hard_fraction: must be in \(0, 1\], got 0.0"),
         (["data.class_set=nope"], r"data.class_set: .*'nope'"),
         (["train.batch_size"], r"expected section.key=value"),
     ],

@@ -110,6 +110,46 @@ def test_class_weights_change_ce_as_hand_computed() -> None:
     assert weighted["ce"].item() == pytest.approx(expected.item())
 
 
+def _reference_hard_ce(
+    logits: torch.Tensor, target: torch.Tensor, weights: list[float], fraction: float
+) -> torch.Tensor:
+    """Per image: weighted mean NLL over the ceil(fraction * valid) valid pixels of highest NLL."""
+    per_image = []
+    for x, t in zip(logits, target, strict=True):
+        valid = t != IGNORE
+        nll = F.cross_entropy(x[None], torch.where(valid, t, 0)[None], reduction="none")[0]
+        kept = nll[valid].topk(math.ceil(fraction * int(valid.sum()))).indices
+        w = torch.tensor(weights)[t[valid]][kept]
+        per_image.append((w * nll[valid][kept]).sum() / w.sum())
+    return torch.stack(per_image).mean()
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.3, 1.0])
+def test_hard_fraction_ce_averages_the_hardest_pixels(fraction: float) -> None:
+    logits, target = _batch(n=3, seed=3)
+    target[1, :5] = IGNORE  # another number of valid pixels in each image
+    weights = [0.5, 1.0, 2.0, 1.5]
+    loss = SegmentationLoss(C, class_weights=weights, ce_hard_fraction=fraction)
+    _, terms = loss(logits, target)
+    expected = _reference_hard_ce(logits, target, weights, fraction)
+    torch.testing.assert_close(terms["ce"], expected, rtol=1e-6, atol=1e-6)
+    if fraction < 1:
+        _, everything = SegmentationLoss(C, class_weights=weights)(logits, target)
+        assert terms["ce"] > everything["ce"]  # the hardest pixels have more than average NLL
+
+
+def test_hard_fraction_gives_easy_pixels_no_ce_gradient() -> None:
+    logits, target = _batch(n=2, seed=4)
+    logits.requires_grad_(True)
+    loss = SegmentationLoss(C, dice_weight=0.0, ce_hard_fraction=0.25)
+    loss(logits, target)[0].backward()
+    touched = logits.grad.abs().sum(dim=1) > 0
+    valid = target != IGNORE
+    for image in range(2):
+        assert int(touched[image].sum()) == math.ceil(0.25 * int(valid[image].sum()))
+    assert not touched[~valid].any()
+
+
 def test_batch_loss_is_the_mean_of_its_halves_losses_and_gradients() -> None:
     logits, target = _batch(n=4, seed=1)
     target[1] = IGNORE  # an image without valid pixels contributes 0, not NaN

@@ -97,6 +97,9 @@ class LossConfig:
     class_weights: list[float] = field(default_factory=list)  # explicit weights, one per class
     # none | median_frequency | sqrt_median_frequency (the milder square root), from the train masks
     class_weighting: str = "none"
+    # < 1: the cross-entropy averages over only this share of each image's pixels, the hardest
+    # (highest loss) ones; the rest, mostly large easy regions, give no cross-entropy gradient
+    ce_hard_fraction: float = 1.0
 
 
 @dataclass
@@ -327,6 +330,10 @@ def validate(config: Config) -> None:
             f"augment.crop: {a.crop} must be [width, height], multiples of 16 within data.size"
         )
     _validate_classes(config)
+    if not 0.0 < config.loss.ce_hard_fraction <= 1.0:
+        raise ConfigError(
+            f"loss.ce_hard_fraction: must be in (0, 1], got {config.loss.ce_hard_fraction}"
+        )
     if config.loss.ce_weight + config.loss.dice_weight <= 0:
         raise ConfigError("loss.ce_weight/dice_weight: at least one must be positive")
 

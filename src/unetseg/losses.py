@@ -1,5 +1,9 @@
 """Cross-entropy + soft Dice segmentation loss.
 
+The cross-entropy can average over only the hardest share of each image's pixels (online hard
+example mining, "bootstrapped" cross-entropy): the many easy pixels of road and sky then stop
+outweighing the few of thin objects and boundaries, which is where the errors are.
+
 Both terms are means over images of per-image losses, so the loss of a batch of 2B images
 equals the average of the losses of its two halves; data-parallel training with gradient
 averaging therefore optimises exactly what one process with the whole batch would.
@@ -17,7 +21,8 @@ from torch import Tensor, nn
 class SegmentationLoss(nn.Module):
     """Cross-entropy + soft Dice on softmax probabilities, both ignoring ignore_index pixels.
 
-    Per image: CE is the class-weighted mean NLL over valid pixels; Dice is
+    Per image: CE is the class-weighted mean NLL over valid pixels (with ``ce_hard_fraction`` < 1:
+    over the ceil(fraction * valid) valid pixels of highest NLL only); Dice is
     1 - (weighted) mean over the classes present in the valid target of
     (2 sum(p g) + smooth) / (sum(p) + sum(g) + smooth). An image without valid pixels
     contributes 0 to both. Each batch term is the mean over images.
@@ -31,17 +36,21 @@ class SegmentationLoss(nn.Module):
         dice_weight: float = 1.0,
         class_weights: Sequence[float] | None = None,
         smooth: float = 1.0,
+        ce_hard_fraction: float = 1.0,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if smooth < 0:
             raise ValueError(f"smooth must be >= 0, got {smooth}")
+        if not 0 < ce_hard_fraction <= 1:
+            raise ValueError(f"ce_hard_fraction must be in (0, 1], got {ce_hard_fraction}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.ce_weight = ce_weight
         self.dice_weight = dice_weight
         self.smooth = smooth
+        self.ce_hard_fraction = ce_hard_fraction
         weights = (
             torch.ones(num_classes)
             if class_weights is None
@@ -84,10 +93,23 @@ class SegmentationLoss(nn.Module):
         """Per-image weighted mean NLL over valid pixels, shape (N,)."""
         nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
         pixel_weight = self.class_weights[target] * valid
+        if self.ce_hard_fraction < 1:
+            pixel_weight = pixel_weight * self._hardest(nll.detach(), valid)
         numerator = (pixel_weight * nll).sum(dim=(1, 2))
         denominator = pixel_weight.sum(dim=(1, 2))
         # numerator is 0 wherever denominator is; dividing by 1 there avoids NaN gradients.
         return numerator / torch.where(denominator > 0, denominator, 1.0)
+
+    def _hardest(self, nll: Tensor, valid: Tensor) -> Tensor:
+        """Per image, a 0/1 mask of the ceil(fraction * valid count) valid pixels of highest NLL."""
+        flat_nll, flat_valid = nll.flatten(1), valid.flatten(1)
+        keep = torch.ceil(flat_valid.sum(dim=1) * self.ce_hard_fraction)
+        # NLL >= 0, so -1 sorts ignored pixels last; ties are broken by position, not by chance.
+        order = torch.where(flat_valid, flat_nll, -1.0).argsort(dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order).scatter_(
+            1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+        )
+        return (rank < keep.unsqueeze(1)).view_as(nll)
 
     def _soft_dice(self, probs: Tensor, target: Tensor, valid: Tensor) -> Tensor:
         """Per-image soft Dice loss over the classes present in the valid target, shape (N,)."""

@@ -160,6 +160,7 @@ class Trainer:
             ce_weight=config.loss.ce_weight,
             dice_weight=config.loss.dice_weight,
             class_weights=self._class_weights(),
+            ce_hard_fraction=config.loss.ce_hard_fraction,
         ).to(self.rt.device)
         self.schedule = Schedule(
             t.base_lr, t.min_lr, t.warmup_steps, t.training_iterations, t.decay, t.decay_factor
