@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from unetseg.runtime import cpu_supports_bf16
+
 
 def alternating_rates(
     runs: dict[str, Callable[[], int]], repeats: int, warmup: int
@@ -33,10 +35,28 @@ def median_rate(run: Callable[[], int], repeats: int, warmup: int = 2) -> float:
 
 
 def machine() -> str:
-    """A one-line description of where the benchmark ran."""
+    """A one-line description of where the benchmark ran.
+
+    Whether the CPU has native bf16 matters most on a CPU: without it the default precision is
+    fp32 and training runs about half as fast (benchmarks/RESULTS.md).
+    """
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {torch.get_num_threads()} torch threads, {device}, torch {torch.__version__}"
+    bf16 = "native bf16" if cpu_supports_bf16() else "no native bf16"
+    return (
+        f"{cpu_name()} ({bf16}), {torch.get_num_threads()} torch threads, {device}, "
+        f"torch {torch.__version__}"
+    )
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else its architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{platform.machine()} {line.split(':', 1)[1].strip()}"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class Output:
