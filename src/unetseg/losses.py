@@ -106,10 +106,8 @@ class SegmentationLoss(nn.Module):
         keep = torch.ceil(flat_valid.sum(dim=1) * self.ce_hard_fraction)
         # NLL >= 0, so -1 sorts ignored pixels last; ties are broken by position, not by chance.
         order = torch.where(flat_valid, flat_nll, -1.0).argsort(dim=1, descending=True, stable=True)
-        rank = torch.empty_like(order).scatter_(
-            1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
-        )
-        return (rank < keep.unsqueeze(1)).view_as(nll)
+        first = torch.arange(order.shape[1], device=order.device) < keep.unsqueeze(1)
+        return torch.zeros_like(flat_valid).scatter_(1, order, first).view_as(nll)
 
     def _soft_dice(self, probs: Tensor, target: Tensor, valid: Tensor) -> Tensor:
         """Per-image soft Dice loss over the classes present in the valid target, shape (N,)."""
