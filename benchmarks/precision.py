@@ -1,12 +1,17 @@
 """Default precision and layout vs fp32 NCHW: training speed side by side, and accuracy kept.
 
     python benchmarks/precision.py [--width 32] [--size 512x256] [--accuracy-steps 300]
+                                   [KEY=VALUE ...]
 
-1. Speed: the real ``Trainer.train_step`` on one fixed batch (model-only), fp32 NCHW and the
-   defaults (``precision: auto``, ``channels_last: auto``) alternating, median of the repeats.
-2. Accuracy: two identical short runs on synthetic scenes (width 16 at 256x128), fp32 NCHW and the
-   defaults; their loss curves go into one plot and their final val mIoU side by side.
-The last line is JSON: fp32_img_s, default_img_s, speedup, fp32_miou, default_miou.
+1. Speed: the real ``Trainer.train_step`` on one fixed batch (model-only), fp32 NCHW, fp32
+   channels_last and the defaults (``precision: auto``, ``channels_last: auto``) taking turns,
+   median of the repeats. Config overrides (``model.encoder=residual model.width=24``) shape the
+   model of all three.
+2. Accuracy (skipped with ``--accuracy-steps 0``): two identical short runs on synthetic scenes
+   (width 16 at 256x128), fp32 NCHW and the defaults; their loss curves go into one plot and their
+   final val mIoU side by side.
+The last line is JSON: fp32_img_s, fp32_channels_last_img_s, default_img_s, speedup, fp32_miou,
+default_miou.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from unetseg.train import Trainer, train  # noqa: E402
 from unetseg.viz import plot_curves  # noqa: E402
 
 FP32 = ["train.precision=fp32", "train.channels_last=off"]
+FP32_CHANNELS_LAST = ["train.precision=fp32", "train.channels_last=on"]
 
 
 def trainer_for(work: Path, size: tuple[int, int], width: int, batch: int, extra: list[str]):
@@ -50,11 +56,12 @@ def trainer_for(work: Path, size: tuple[int, int], width: int, batch: int, extra
     return Trainer(config, work / "run", resume=False, progress=False)
 
 
-def speed(args: argparse.Namespace, size: tuple[int, int]) -> tuple[float, float, str]:
-    """Median training images/s of fp32 NCHW and of the defaults, measured alternately."""
+def speed(args: argparse.Namespace, size: tuple[int, int]) -> tuple[dict[str, float], str]:
+    """Median training images/s of fp32 NCHW, fp32 channels_last and the defaults, alternately."""
+    arms = {"fp32": FP32, "fp32_channels_last": FP32_CHANNELS_LAST, "default": []}
     trainers = {
-        "fp32": trainer_for(args.work, size, args.width, args.batch, FP32),
-        "default": trainer_for(args.work, size, args.width, args.batch, []),
+        name: trainer_for(args.work, size, args.width, args.batch, [*extra, *args.overrides])
+        for name, extra in arms.items()
     }
     batch = trainers["fp32"].data["train"][0]
     images = batch[0][None].repeat(args.batch, 1, 1, 1)
@@ -71,7 +78,7 @@ def speed(args: argparse.Namespace, size: tuple[int, int]) -> tuple[float, float
     rates = alternating_rates({name: step(t) for name, t in trainers.items()}, args.repeats, 2)
     rt = trainers["default"].rt
     label = f"{rt.amp_dtype or 'fp32'}, channels_last {rt.channels_last}"
-    return rates["fp32"], rates["default"], label
+    return rates, label
 
 
 def accuracy(args: argparse.Namespace) -> dict[str, dict]:
@@ -117,17 +124,36 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-prec")
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/precision_loss.png"))
     parser.add_argument("--record", type=Path, help="append the output to this results file")
+    parser.add_argument("overrides", nargs="*", help="config overrides for the speed part")
     args = parser.parse_args()
     size = args.size
-    fp32, default, label = speed(args, size)
+    rates, label = speed(args, size)
+    fp32, default = rates["fp32"], rates["default"]
     out = Output()
     out(f"machine: {machine()}")
-    out(
-        f"training, width {args.width}, batch {args.batch}, {size[0]}x{size[1]} (model-only steps):"
-    )
+    model = f"width {args.width}" + "".join(f", {o}" for o in args.overrides)
+    out(f"training, {model}, batch {args.batch}, {size[0]}x{size[1]} (model-only steps):")
     out(f"  fp32 NCHW: {fp32:7.3f} img/s")
+    out(f"  fp32 channels_last: {rates['fp32_channels_last']:7.3f} img/s")
     out(f"  default ({label}): {default:7.3f} img/s")
-    out(f"  speed-up: {default / fp32:5.2f}x")
+    out(f"  speed-up of the default over fp32 NCHW: {default / fp32:5.2f}x")
+    out(
+        f"  speed-up of fp32 channels_last over fp32 NCHW: {rates['fp32_channels_last'] / fp32:5.2f}x"
+    )
+    summary = {
+        "fp32_img_s": round(fp32, 3),
+        "fp32_channels_last_img_s": round(rates["fp32_channels_last"], 3),
+        "default_img_s": round(default, 3),
+        "speedup": round(default / fp32, 2),
+    }
+    if args.accuracy_steps > 0:
+        summary |= accuracy_part(args, out)
+    out(json.dumps(summary))
+    out.record(args.record, "Default precision vs fp32 NCHW (benchmarks/precision.py)")
+
+
+def accuracy_part(args: argparse.Namespace, out: Output) -> dict[str, float]:
+    """Run, plot and print the accuracy comparison; its val mIoUs for the JSON line."""
     results = accuracy(args)
     plot_curves(
         {
@@ -145,18 +171,7 @@ def main() -> None:
         )
     out(f"loss curves: {args.plot}")
     miou = {name: round(res["miou"], 4) for name, res in results.items()}
-    out(
-        json.dumps(
-            {
-                "fp32_img_s": round(fp32, 3),
-                "default_img_s": round(default, 3),
-                "speedup": round(default / fp32, 2),
-                "fp32_miou": miou["fp32 NCHW"],
-                "default_miou": miou["default"],
-            }
-        )
-    )
-    out.record(args.record, "Default precision vs fp32 NCHW (benchmarks/precision.py)")
+    return {"fp32_miou": miou["fp32 NCHW"], "default_miou": miou["default"]}
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def fake_run(tmp_path: Path) -> Path:
     (run / "metrics.json").write_text(json.dumps(_metrics(step=20)))
     rows = [
         {"step": 10, "val_loss": 1.0, "miou": 0.3125, "mean_dice": 0.4},
-        {"step": 20, "val_loss": 0.8, "miou": 0.4375, "mean_dice": 0.5},
+        {"step": 20, "val_loss": 0.8, "miou": 0.4375, "mean_dice": 0.5, "elapsed_s": 150.0},
     ]
     (run / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for i, name in enumerate(["schedule.png", "curves_loss.png", "curves_miou.png"]):
@@ -121,7 +121,7 @@ def test_report_has_every_section_and_embedded_images(fake_run: Path, tmp_path: 
     assert "<script>alert(1)</script>" in text
     assert "&lt;script&gt;" in path.read_text(encoding="utf-8")
     assert "n/a" in text  # the NaN-as-null class
-    assert "0.4375" in text  # best val mIoU from eval.jsonl
+    assert "0.4375 at step 20, after 2.5 min of training" in text  # the best row of eval.jsonl
     assert "0.5000" in text and "12,345" in text
     assert "not available yet" not in text
 

@@ -78,6 +78,12 @@ def test_a_run_writes_every_output(synthetic_root, tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert {"loss", "ce", "dice", "lr", "grad_norm", "images_per_s", "memory_mb"} <= set(rows[0])
     assert all(r["loss"] == pytest.approx(r["ce"] + r["dice"], rel=1e-5) for r in rows)
+    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals] == [3, 6]
+    # Training time so far, on both logs: positive and growing.
+    for logged in (rows, evals):
+        elapsed = [r["elapsed_s"] for r in logged]
+        assert elapsed[0] >= 0 and elapsed == sorted(elapsed) and elapsed[-1] > 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["miou"] <= 1.0 and set(metrics["per_class"]) >= {"road", "sky"}
     state = load_checkpoint(run / "final.pt")

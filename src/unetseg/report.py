@@ -242,13 +242,20 @@ def _steps_done(run_dir: Path, metrics: Any) -> str:
     return str(max(steps)) if steps else "n/a"
 
 
-def _best_eval(run_dir: Path) -> tuple[float, Any] | None:
+def _best_eval(run_dir: Path) -> tuple[float, str] | None:
+    """The best periodic val mIoU and when it came: its step and, when logged, training time."""
     scored = [
-        (r["miou"], r.get("step"))
+        r
         for r in read_jsonl(run_dir / "eval.jsonl")
         if isinstance(r.get("miou"), (int, float)) and math.isfinite(r["miou"])
     ]
-    return max(scored, key=lambda s: s[0]) if scored else None
+    if not scored:
+        return None
+    best = max(scored, key=lambda r: r["miou"])
+    when = f"step {best.get('step')}"
+    if isinstance(best.get("elapsed_s"), (int, float)):
+        when += f", after {best['elapsed_s'] / 60:.1f} min of training"
+    return best["miou"], when
 
 
 def _summary(run_dir: Path, evaluation: Path | None) -> str:
@@ -263,7 +270,7 @@ def _summary(run_dir: Path, evaluation: Path | None) -> str:
         ]
     best = _best_eval(run_dir)
     if best is not None:
-        pairs.append(("best val mIoU (eval.jsonl)", f"{best[0]:.4f} at step {best[1]}"))
+        pairs.append(("best val mIoU (eval.jsonl)", f"{best[0]:.4f} at {best[1]}"))
     scored = read_json(evaluation / "metrics.json") if evaluation else None
     if isinstance(scored, dict):
         split = scored.get("split", "?")

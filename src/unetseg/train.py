@@ -571,6 +571,7 @@ def _run(trainer: Trainer) -> TrainResult:
                     "skipped": trainer.nonfinite_total,
                     "images_per_s": images_per_s,
                     "memory_mb": _memory_mb(rt.device),
+                    "elapsed_s": trainer.elapsed_s,
                 }
                 log.append("log.jsonl", row)
                 bar.set_postfix(step=step, loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.1e}")
@@ -619,6 +620,8 @@ def _periodic_eval(trainer: Trainer, log: RunLog, bar: tqdm) -> None:
         "mean_dice": _finite(scores.mean_dice),
         "pixel_accuracy": scores.pixel_accuracy,
         "iou": {n: _finite(v) for n, v in zip(trainer.class_set.names, scores.iou)},
+        # training seconds so far (across resumes): runs of different speed compare at equal time
+        "elapsed_s": trainer.elapsed_s,
     }
     log.append("eval.jsonl", row)
     log.plot()
