@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Output, alternating_rates, machine  # noqa: E402
 
+from unetseg.allocator import use_fast_allocator  # noqa: E402
 from unetseg.cli import parse_size  # noqa: E402
 from unetseg.config import load_config  # noqa: E402
 from unetseg.train import Trainer, train  # noqa: E402
@@ -125,7 +126,8 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/precision_loss.png"))
     parser.add_argument("--record", type=Path, help="append the output to this results file")
     parser.add_argument("overrides", nargs="*", help="config overrides for the speed part")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may come before options
+    use_fast_allocator()  # as the unetseg command does: the setting being measured
     size = args.size
     rates, label = speed(args, size)
     fp32, default = rates["fp32"], rates["default"]

@@ -31,6 +31,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +113,18 @@ def differences(config: Config, reference: Config) -> list[str]:
     return [f"{key}={value}" for key, value in ours.items() if theirs.get(key) != value]
 
 
-def train_run(args: argparse.Namespace) -> tuple[Path, Path | None, list[str]]:
-    """Train the recipe for the budget: (final checkpoint, best checkpoint, recipe overrides)."""
+@dataclass
+class Trained:
+    """What scoring needs of a run: its checkpoints, the final one's state, its recipe's changes."""
+
+    final: Path
+    best: Path | None
+    state: dict[str, Any]  # the final checkpoint, loaded once
+    recipe: list[str]
+
+
+def train_run(args: argparse.Namespace) -> Trained:
+    """Train the recipe for the budget."""
     split = CROSS_SEQUENCE if args.cross_sequence else []
     overrides = [
         *split,
@@ -126,33 +137,35 @@ def train_run(args: argparse.Namespace) -> tuple[Path, Path | None, list[str]]:
     run_dir = args.out or REPO / "runs" / f"quality_camvid-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"run folder: {run_dir}; budget {args.budget_min} min", flush=True)
     result = train(config, run_dir)
-    return result.final_checkpoint, result.best_checkpoint, args.overrides
+    final = result.final_checkpoint
+    return Trained(final, result.best_checkpoint, load_checkpoint(final), args.overrides)
 
 
-def earlier_run(args: argparse.Namespace) -> tuple[Path, Path | None, list[str]]:
-    """The checkpoints of ``--rescore RUN_DIR`` and where its recipe differs from ``--config``.
+def earlier_run(args: argparse.Namespace) -> Trained:
+    """The checkpoints of ``--rescore RUN_DIR``; its recipe: where it differs from ``--config``.
 
     Sets ``args.cross_sequence`` to whether that run held out 0001TP."""
     final, best = args.rescore / "final.pt", args.rescore / "best.pt"
     if not final.is_file():
         sys.exit(f"{final}: no final checkpoint to rescore (did that run finish?)")
-    config = config_of(load_checkpoint(final))
+    state = load_checkpoint(final)
+    config = config_of(state)
     args.cross_sequence = config.data.val_filter == HELD_OUT  # the split that run trained on
     reference = load_config(args.config, CROSS_SEQUENCE if args.cross_sequence else [])
     ignored = ("train.time_budget_min", "train.training_iterations", "train.device")
     changed = [c for c in differences(config, reference) if not c.startswith(ignored)]
-    return final, best if best.is_file() else None, changed
+    return Trained(final, best if best.is_file() else None, state, changed)
 
 
 def main() -> None:
     args = parse_args()
     use_fast_allocator()  # as the unetseg command does: the default being measured
     print(f"machine: {machine()}")
-    final, best, recipe = earlier_run(args) if args.rescore else train_run(args)
+    run = earlier_run(args) if args.rescore else train_run(args)
     # The held-out split must not pick the checkpoint it then scores: cross-sequence runs score the
     # final weights; standard runs the best by periodic val mIoU, as the issue asks.
-    checkpoint = best if best is not None and not args.cross_sequence else final
-    state = load_checkpoint(final)
+    checkpoint = run.best if run.best is not None and not args.cross_sequence else run.final
+    state, recipe = run.state, run.recipe
     t = config_of(state).train
     images_seen = int(state["step"]) * t.batch_size * t.accum_steps
     train_minutes = float(state.get("elapsed_s", 0.0)) / 60

@@ -615,6 +615,21 @@ def test_signal_during_prepare_leaves_no_cache(big_root: Path, tmp_path: Path, l
     assert process.leftovers() == []  # no orphaned decoding workers
 
 
+def test_kill_9_during_prepare_leaves_no_decoding_worker(big_root: Path, tmp_path: Path, launch):
+    """Fault 1 (prepare): SIGKILL of `unetseg prepare` mid-way takes its decoding workers along."""
+    cache = tmp_path / "cache"
+    process = launch(
+        "prepare", f"data.root={big_root}", f"data.cache_dir={cache}", "data.size=[64,32]"
+    )
+    process.wait_for(process.leftovers, 60, "decoding workers")
+    process.proc.kill()
+    process.proc.wait()
+    deadline = time.monotonic() + 5
+    while process.leftovers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert process.leftovers() == []
+
+
 @pytest.mark.parametrize("signum", SIGNALS, ids=SIGNAL_IDS)
 def test_signal_during_predict_leaves_only_complete_files(tmp_path: Path, launch, signum) -> None:
     """Fault 6: SIGINT/SIGTERM during `unetseg predict` of 30 images: complete files only."""

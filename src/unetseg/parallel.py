@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
+import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
@@ -12,6 +15,21 @@ from tqdm import tqdm
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: kill this worker when the parent process dies, even by SIGKILL.
+
+    Forked workers hold both ends of the pool's queues, so a killed parent would leave them waiting
+    forever, holding memory and cores."""
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def parallel_map(
@@ -35,7 +53,7 @@ def parallel_map(
                 bar.update()
                 yield result
             return
-        pool = ProcessPoolExecutor(workers)
+        pool = ProcessPoolExecutor(workers, initializer=_die_with_parent, initargs=(os.getpid(),))
         try:
             for result in pool.map(function, items, *arguments, chunksize=4):
                 bar.update()
