@@ -10,6 +10,7 @@ from PIL import Image
 
 from unetseg.cli import main
 from unetseg.config import AugmentConfig, DataConfig
+from unetseg.data import tools
 from unetseg.data.classes import ClassSet, camvid11, cityscapes19, load_class_set
 from unetseg.data.folders import find_folders
 from unetseg.data.io import DataError, Sample
@@ -159,6 +160,18 @@ def test_show_samples_grid(synthetic_root: Path, tmp_path: Path) -> None:
     small = show_samples(samples, classes, 10, tmp_path / "small.png", size=(64, 32))
     with Image.open(small) as image:  # count is capped at the number of samples
         assert image.size == (128, 6 * 32 + legend_strip(classes, 128).shape[0])
+
+
+def test_show_samples_shrinks_wide_frames_by_default(
+    synthetic_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Frames wider than MAX_PANEL_WIDTH are shown at that width, aspect kept."""
+    monkeypatch.setattr(tools, "MAX_PANEL_WIDTH", 48)  # the scenes are 128x64
+    samples = find_samples(DataConfig(kind="cityscapes", root=str(synthetic_root)), "train")
+    classes = cityscapes19()
+    path = show_samples(samples, classes, 2, tmp_path / "grid.png")
+    with Image.open(path) as image:
+        assert image.size == (2 * 48, 2 * 24 + legend_strip(classes, 2 * 48).shape[0])
 
 
 def test_show_samples_augmented_shows_what_training_sees(

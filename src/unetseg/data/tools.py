@@ -180,17 +180,28 @@ def plot_stats(stats: dict[str, ClassStats], path: Path) -> None:
     plt.close(figure)
 
 
+# Widest default panel: six full-size Cityscapes frames (2048x1024) would make a 4096x6144 grid.
+MAX_PANEL_WIDTH = 1024
+
+
+def _default_panel(sample: Sample, class_set: ClassSet) -> tuple[int, int]:
+    """(W, H) of the sample's image, shrunk to at most ``MAX_PANEL_WIDTH`` wide."""
+    height, width = read_pair(sample, class_set)[0].shape[:2]
+    scale = min(1.0, MAX_PANEL_WIDTH / width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def _sample_row(
     sample: Sample,
     class_set: ClassSet,
-    size: tuple[int, int] | None,
+    size: tuple[int, int],
     augment: AugmentConfig | None,
     generator: torch.Generator,
 ) -> np.ndarray:
-    """image | colour mask of one sample, resized to ``size`` = (W, H) if given; with ``augment``,
-    followed by one random draw of that training augmentation (image | mask, void black)."""
+    """image | colour mask of one sample, resized to ``size`` = (W, H); with ``augment``, followed
+    by one random draw of that training augmentation (image | mask, void black)."""
     rgb, _, train_ids = read_pair(sample, class_set)
-    if size is not None:
+    if rgb.shape[:2] != (size[1], size[0]):
         rgb, train_ids = resize_pair(rgb, train_ids, size)
     columns = [rgb, colorize(train_ids, class_set)]
     if augment is not None:
@@ -231,19 +242,17 @@ def show_samples(
 ) -> Path:
     """A PNG of ``count`` randomly chosen (seeded) samples: rows of image | colour mask, legend below.
 
-    Every row is resized to ``size`` = (W, H), by default the first chosen image's size. With
-    ``augment``, each row goes on with a random draw of that augmentation: what training sees.
+    Every row is resized to ``size`` = (W, H), by default the first chosen image's size, shrunk to
+    at most ``MAX_PANEL_WIDTH`` wide. With ``augment``, each row goes on with a random draw of that
+    augmentation: what training sees.
     """
     if not samples or count < 1:
         raise ValueError("show_samples needs at least one sample and count >= 1")
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(samples), size=min(count, len(samples)), replace=False))
     generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for index in chosen:
-        row = _sample_row(samples[index], class_set, size, augment, generator)
-        size = size or (row.shape[1] // (2 if augment is None else 4), row.shape[0])
-        rows.append(row)
+    size = size or _default_panel(samples[chosen[0]], class_set)
+    rows = [_sample_row(samples[i], class_set, size, augment, generator) for i in chosen]
     grid = np.concatenate(rows, axis=0)
     grid = np.concatenate([grid, legend_strip(class_set, grid.shape[1])], axis=0)
     save_image(grid, path)
