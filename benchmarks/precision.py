@@ -57,8 +57,9 @@ def trainer_for(work: Path, size: tuple[int, int], width: int, batch: int, extra
     return Trainer(config, work / "run", resume=False, progress=False)
 
 
-def speed(args: argparse.Namespace, size: tuple[int, int]) -> tuple[dict[str, float], str]:
-    """Median training images/s of fp32 NCHW, fp32 channels_last and the defaults, alternately."""
+def speed(args: argparse.Namespace, size: tuple[int, int]) -> tuple[dict[str, float], str, int]:
+    """Median training images/s of fp32 NCHW, fp32 channels_last and the defaults, alternately;
+    the default arm's precision label and the model width in effect (overrides win over --width)."""
     arms = {"fp32": FP32, "fp32_channels_last": FP32_CHANNELS_LAST, "default": []}
     trainers = {
         name: trainer_for(args.work, size, args.width, args.batch, [*extra, *args.overrides])
@@ -79,7 +80,7 @@ def speed(args: argparse.Namespace, size: tuple[int, int]) -> tuple[dict[str, fl
     rates = alternating_rates({name: step(t) for name, t in trainers.items()}, args.repeats, 2)
     rt = trainers["default"].rt
     label = f"{rt.amp_dtype or 'fp32'}, channels_last {rt.channels_last}"
-    return rates, label
+    return rates, label, trainers["default"].config.model.width
 
 
 def accuracy(args: argparse.Namespace) -> dict[str, dict]:
@@ -129,11 +130,12 @@ def main() -> None:
     args = parser.parse_intermixed_args()  # overrides may come before options
     use_fast_allocator()  # as the unetseg command does: the setting being measured
     size = args.size
-    rates, label = speed(args, size)
+    rates, label, width = speed(args, size)
     fp32, default = rates["fp32"], rates["default"]
     out = Output()
     out(f"machine: {machine()}")
-    model = f"width {args.width}" + "".join(f", {o}" for o in args.overrides)
+    shown = [o for o in args.overrides if not o.startswith("model.width=")]
+    model = f"width {width}" + "".join(f", {o}" for o in shown)
     out(f"training, {model}, batch {args.batch}, {size[0]}x{size[1]} (model-only steps):")
     out(f"  fp32 NCHW: {fp32:7.3f} img/s")
     out(f"  fp32 channels_last: {rates['fp32_channels_last']:7.3f} img/s")

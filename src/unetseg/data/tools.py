@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,23 +185,23 @@ def plot_stats(stats: dict[str, ClassStats], path: Path) -> None:
 MAX_PANEL_WIDTH = 1024
 
 
-def _default_panel(sample: Sample, class_set: ClassSet) -> tuple[int, int]:
-    """(W, H) of the sample's image, shrunk to at most ``MAX_PANEL_WIDTH`` wide."""
-    height, width = read_pair(sample, class_set)[0].shape[:2]
+def _default_panel(rgb: np.ndarray) -> tuple[int, int]:
+    """(W, H) of this image, shrunk to at most ``MAX_PANEL_WIDTH`` wide."""
+    height, width = rgb.shape[:2]
     scale = min(1.0, MAX_PANEL_WIDTH / width)
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _sample_row(
-    sample: Sample,
+    rgb: np.ndarray,
+    train_ids: np.ndarray,
     class_set: ClassSet,
     size: tuple[int, int],
     augment: AugmentConfig | None,
     generator: torch.Generator,
 ) -> np.ndarray:
-    """image | colour mask of one sample, resized to ``size`` = (W, H); with ``augment``, followed
-    by one random draw of that training augmentation (image | mask, void black)."""
-    rgb, _, train_ids = read_pair(sample, class_set)
+    """image | colour mask of one decoded sample, resized to ``size`` = (W, H); with ``augment``,
+    followed by one random draw of that training augmentation (image | mask, void black)."""
     if rgb.shape[:2] != (size[1], size[0]):
         rgb, train_ids = resize_pair(rgb, train_ids, size)
     columns = [rgb, colorize(train_ids, class_set)]
@@ -251,8 +252,10 @@ def show_samples(
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(samples), size=min(count, len(samples)), replace=False))
     generator = torch.Generator().manual_seed(seed)
-    size = size or _default_panel(samples[chosen[0]], class_set)
-    rows = [_sample_row(samples[i], class_set, size, augment, generator) for i in chosen]
+    first = read_pair(samples[chosen[0]], class_set)  # decoded once: it also sets the panel size
+    size = size or _default_panel(first[0])
+    pairs = itertools.chain([first], (read_pair(samples[i], class_set) for i in chosen[1:]))
+    rows = [_sample_row(rgb, ids, class_set, size, augment, generator) for rgb, _, ids in pairs]
     grid = np.concatenate(rows, axis=0)
     grid = np.concatenate([grid, legend_strip(class_set, grid.shape[1])], axis=0)
     save_image(grid, path)
