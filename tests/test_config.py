@@ -55,6 +55,8 @@ def test_defaults_yaml_and_overrides(tmp_path):
         (["augment.crop=[64,40]"], r"augment.crop: .*multiples of 16 within data.size"),
         (["loss.ce_hard_fraction=0"], r"loss.ce_hard_fraction: must be in \(0, 1\], got 0.0"),
         (["data.class_set=nope"], r"data.class_set: .*'nope'"),
+        (["data.sampling=balanced"], r"data.sampling: 'balanced' is not one of uniform, rare_"),
+        (["data.rare_class_temperature=0"], r"data.rare_class_temperature: must be positive"),
         (["train.batch_size"], r"expected section.key=value"),
     ],
 )

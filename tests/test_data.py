@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from unetseg.data.cache import CachedSplit, check_samples, prepare_split
 from unetseg.data.classes import IGNORE_INDEX, ClassSet, camvid11, cityscapes19, cityscapes24
 from unetseg.data.folders import find_folders
 from unetseg.data.io import DataError, Sample, read_mask_values, read_rgb
-from unetseg.data.loader import StreamBatchSampler
+from unetseg.data.loader import StreamBatchSampler, rare_class_weights
 from unetseg.data.sources import find_samples
 from unetseg.data.transforms import gaussian_blur, prepare_batch
 
@@ -489,6 +490,51 @@ def test_two_ranks_equal_one_rank_with_double_batch() -> None:
     single = _batches(StreamBatchSampler(11, 6, seed=2), 12)
     ranks = [_batches(StreamBatchSampler(11, 3, seed=2, rank=r, world_size=2), 12) for r in (0, 1)]
     assert [a + b for a, b in zip(*ranks)] == single
+
+
+def test_weighted_stream_resumes_and_draws_in_proportion() -> None:
+    weights = torch.tensor([0.0, 1.0, 3.0])
+    full = _batches(StreamBatchSampler(3, 4, seed=5, weights=weights), 500)
+    assert _batches(StreamBatchSampler(3, 4, seed=5, weights=weights, start=37), 10) == full[37:47]
+    ranks = [
+        _batches(StreamBatchSampler(3, 2, seed=5, rank=r, world_size=2, weights=weights), 500)
+        for r in (0, 1)
+    ]
+    assert [a + b for a, b in zip(*ranks)] == full
+    counts = np.bincount([i for batch in full for i in batch], minlength=3)
+    assert counts[0] == 0  # a zero weight is never drawn
+    assert counts[2] / counts[1] == pytest.approx(3.0, rel=0.1)  # 2000 draws: about 1500 : 500
+
+
+@pytest.mark.parametrize("weights", [torch.ones(4), torch.zeros(3)])
+def test_weights_of_the_wrong_size_or_all_zero_are_refused(weights: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="need 3 non-negative sampling weights"):
+        StreamBatchSampler(3, 2, seed=0, weights=weights)
+
+
+def test_rare_class_weights_match_a_hand_computation() -> None:
+    """Three 40x50 masks (2000 pixels): class 1 covers 100 pixels of image 1 and a single pixel
+    (0.05%, below the presence share of 0.1%) of image 2; class 2 covers 300 pixels of image 2."""
+    masks = np.zeros((3, 40, 50), dtype=np.uint8)
+    masks[0, :4] = IGNORE_INDEX  # 200 ignored pixels count for no class
+    masks[1, :2] = 1
+    masks[2, :6] = 2
+    masks[2, 39, 49] = 1
+    temperature = 0.5
+    labelled = 6000 - 200
+    shares = [(5800 - 100 - 300 - 1) / labelled, 101 / labelled, 300 / labelled, 0.0]
+    unnormalised = [math.exp((1 - f) / temperature) for f in shares[:3]] + [0.0]  # 3: absent
+    probability = [u / sum(unnormalised) for u in unnormalised]
+    # class 0 is in all three images, class 1 counts in image 1 only, class 2 in image 2
+    expected = [
+        probability[0] / 3,
+        probability[0] / 3 + probability[1],
+        probability[0] / 3 + probability[2],
+    ]
+    weights, class_probability = rare_class_weights(masks, 4, temperature)
+    assert class_probability == pytest.approx(probability)
+    assert weights.tolist() == pytest.approx(expected)
+    assert weights.sum().item() == pytest.approx(1.0)
 
 
 def test_every_epoch_covers_every_sample_once() -> None:

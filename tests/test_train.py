@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from unetseg.checkpoint import load_checkpoint, model_from_checkpoint
 from unetseg.config import load_config
+from unetseg.data.loader import PRESENT_SHARE
 from unetseg.data.tools import stats_of_masks
 from unetseg.train import Trainer, TrainingError, TrainingInterrupted, train
 
@@ -287,6 +289,26 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(synthetic_root
         )
     )
     assert changed  # the comparison is between trained weights, not two initialisations
+
+
+def test_rare_class_sampling_favours_images_with_the_rarest_class(synthetic_root, tmp_path):
+    overrides = tiny_overrides(
+        synthetic_root, tmp_path / "cache", **{"data.sampling": "rare_class"}
+    )
+    trainer = Trainer(load_config(None, overrides), tmp_path / "run", resume=False, progress=False)
+    weights = trainer.sampling_weights()
+    written = json.loads((tmp_path / "run" / "sampling.json").read_text())["class_probability"]
+    assert list(written) == list(trainer.class_set.names)
+    masks = trainer.data["train"].masks
+    pixels = stats_of_masks(masks, trainer.class_set.names).pixels
+    present = np.array([np.bincount(m.ravel(), minlength=256)[: len(pixels)] for m in masks])
+    present = present >= PRESENT_SHARE * masks[0].size
+    rarest = min(np.flatnonzero(present.any(axis=0)), key=lambda c: pixels[c])
+    assert max(written, key=written.get) == trainer.class_set.names[rarest]
+    with_rarest = present[:, rarest]
+    assert 0 < with_rarest.sum() < len(masks)
+    # drawn more often than uniform epochs draw them
+    assert weights[with_rarest].sum() > 1.5 * with_rarest.mean()
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")

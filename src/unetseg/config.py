@@ -43,6 +43,10 @@ class DataConfig:
     drop_rare_classes: bool = False  # cityscapes24: drop images with rail track, tunnel, ...
     cache_dir: str = ""  # empty: ~/.cache/unetseg (or $UNETSEG_CACHE)
     num_workers: int = -1  # loader worker processes; -1: chosen for the device
+    # uniform: every training image once per epoch; rare_class: images drawn so that rare classes
+    # come up more often (rare-class sampling, DAFormer), sharper at lower temperature
+    sampling: str = "uniform"
+    rare_class_temperature: float = 0.01
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     synthetic_train: int = 300  # scenes written when kind=synthetic and root is empty
@@ -153,6 +157,7 @@ class Config:
 CHOICES = {
     "data.kind": ("synthetic", "cityscapes", "folders"),
     "data.mask_type": ("labelIds", "color"),
+    "data.sampling": ("uniform", "rare_class"),
     "model.upsampling": ("transpose", "bilinear"),
     "model.encoder": ("plain", "residual"),
     "model.input_norm": ("none", "per_image"),
@@ -285,6 +290,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key}: must not be negative, got {value}")
     if t.base_lr <= 0:
         raise ConfigError(f"train.base_lr: must be positive, got {t.base_lr}")
+    if d.rare_class_temperature <= 0:
+        raise ConfigError(
+            f"data.rare_class_temperature: must be positive, got {d.rare_class_temperature}"
+        )
     if t.min_lr > t.base_lr:
         raise ConfigError(f"train.min_lr: {t.min_lr} is above train.base_lr {t.base_lr}")
     if t.decay_factor <= 0:

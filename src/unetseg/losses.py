@@ -71,8 +71,11 @@ class SegmentationLoss(nn.Module):
             valid = target != self.ignore_index
             # Ignored pixels point at class 0; the valid mask zeroes their contribution.
             safe_target = torch.where(valid, target, 0).long()
-            ce = self._cross_entropy(log_probs, safe_target, valid).mean()
-            dice = self._soft_dice(log_probs.exp(), safe_target, valid).mean()
+            # The target class's log-probability serves both terms, so the Dice intersection
+            # needs no (N, C, H, W) one-hot of the target (memory, and time on a CPU).
+            log_p_target = log_probs.gather(1, safe_target.unsqueeze(1)).squeeze(1)
+            ce = self._cross_entropy(log_p_target, safe_target, valid).mean()
+            dice = self._soft_dice(log_probs.exp(), log_p_target.exp(), safe_target, valid).mean()
         total = self.ce_weight * ce + self.dice_weight * dice
         return total, {"ce": ce.detach(), "dice": dice.detach()}
 
@@ -89,9 +92,9 @@ class SegmentationLoss(nn.Module):
         if target.is_floating_point():
             raise TypeError("target must be an integer tensor of class indices")
 
-    def _cross_entropy(self, log_probs: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    def _cross_entropy(self, log_p_target: Tensor, target: Tensor, valid: Tensor) -> Tensor:
         """Per-image weighted mean NLL over valid pixels, shape (N,)."""
-        nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+        nll = -log_p_target
         pixel_weight = self.class_weights[target] * valid
         if self.ce_hard_fraction < 1:
             pixel_weight = pixel_weight * self._hardest(nll.detach(), valid)
@@ -109,16 +112,22 @@ class SegmentationLoss(nn.Module):
         first = torch.arange(order.shape[1], device=order.device) < keep.unsqueeze(1)
         return torch.zeros_like(flat_valid).scatter_(1, order, first).view_as(nll)
 
-    def _soft_dice(self, probs: Tensor, target: Tensor, valid: Tensor) -> Tensor:
-        """Per-image soft Dice loss over the classes present in the valid target, shape (N,)."""
-        valid_f = valid.unsqueeze(1).to(probs.dtype)
-        # Float one-hot via scatter (no int64 (N, H, W, C) tensor), zero at ignored pixels.
-        one_hot = torch.zeros_like(probs).scatter_(1, target.unsqueeze(1), valid_f)
-        probs = probs * valid_f
-        intersection = (probs * one_hot).sum(dim=(2, 3))
-        gt_sum = one_hot.sum(dim=(2, 3))
+    def _soft_dice(self, probs: Tensor, p_target: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+        """Per-image soft Dice loss over the classes present in the valid target, shape (N,).
+
+        ``p_target`` (N, H, W) is each pixel's probability of its target class: summed per class
+        it is the intersection sum(p g), so no one-hot of the target is built.
+        """
+        n, c = probs.shape[:2]
+        valid_f = valid.flatten(1).to(probs.dtype)
+        flat_target = target.flatten(1)
+        intersection = probs.new_zeros(n, c).scatter_add(
+            1, flat_target, p_target.flatten(1) * valid_f
+        )
+        gt_sum = probs.new_zeros(n, c).scatter_add(1, flat_target, valid_f)
+        prob_sum = torch.bmm(probs.flatten(2), valid_f.unsqueeze(2)).squeeze(2)  # over valid pixels
         present = gt_sum > 0
-        denominator = probs.sum(dim=(2, 3)) + gt_sum + self.smooth
+        denominator = prob_sum + gt_sum + self.smooth
         # Absent classes are masked out below; a denominator of 1 keeps them finite.
         score = (2 * intersection + self.smooth) / torch.where(present, denominator, 1.0)
         class_weight = self.class_weights * present

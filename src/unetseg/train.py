@@ -34,7 +34,13 @@ from unetseg import viz
 from unetseg.config import Config, save_config
 from unetseg.data.cache import CachedSplit, prepare_split
 from unetseg.data.classes import ClassSet, load_class_set
-from unetseg.data.loader import StreamBatchSampler, default_workers, train_loader, val_loader
+from unetseg.data.loader import (
+    StreamBatchSampler,
+    default_workers,
+    rare_class_weights,
+    train_loader,
+    val_loader,
+)
 from unetseg.data.sources import ensure_synthetic, find_samples
 from unetseg.data.tools import stats_of_masks
 from unetseg.data.transforms import prepare_batch
@@ -188,6 +194,22 @@ class Trainer:
         if self.rt.is_main:
             write_json(
                 self.run_dir / "class_weights.json", dict(zip(self.class_set.names, weights))
+            )
+        return weights
+
+    def sampling_weights(self) -> torch.Tensor | None:
+        """Per-image draw weights of ``data.sampling: rare_class`` (None: uniform epochs)."""
+        data = self.config.data
+        if data.sampling == "uniform":
+            return None
+        weights, probability = rare_class_weights(
+            self.data["train"].masks, self.class_set.num_classes, data.rare_class_temperature
+        )
+        if self.rt.is_main:  # what the draws favour, for the user to see
+            names = self.class_set.names
+            write_json(
+                self.run_dir / "sampling.json",
+                {"class_probability": dict(zip(names, probability.tolist()))},
             )
         return weights
 
@@ -536,6 +558,7 @@ def _run(trainer: Trainer) -> TrainResult:
         rt.rank,
         rt.world_size,
         start=trainer.step * t.accum_steps,
+        weights=trainer.sampling_weights(),
     )
     batches = iter(train_loader(trainer.data["train"], sampler, trainer.workers, rt.device))
     images_per_step = t.batch_size * t.accum_steps * rt.world_size
