@@ -22,8 +22,9 @@ from unetseg.data.cache import CachedSplit, check_samples, prepare_split
 from unetseg.data.classes import IGNORE_INDEX, ClassSet, camvid11, cityscapes19, cityscapes24
 from unetseg.data.folders import find_folders
 from unetseg.data.io import DataError, Sample, read_mask_values, read_rgb
-from unetseg.data.loader import StreamBatchSampler, rare_class_weights
+from unetseg.data.loader import StreamBatchSampler
 from unetseg.data.sources import find_samples
+from unetseg.data.tools import rare_class_weights
 from unetseg.data.transforms import gaussian_blur, prepare_batch
 
 # ---------------------------------------------------------------- finding samples
@@ -506,8 +507,8 @@ def test_weighted_stream_resumes_and_draws_in_proportion() -> None:
     assert counts[2] / counts[1] == pytest.approx(3.0, rel=0.1)  # 2000 draws: about 1500 : 500
 
 
-@pytest.mark.parametrize("weights", [torch.ones(4), torch.zeros(3)])
-def test_weights_of_the_wrong_size_or_all_zero_are_refused(weights: torch.Tensor) -> None:
+@pytest.mark.parametrize("weights", [torch.ones(4), torch.zeros(3), torch.tensor([-1.0, 2.0, 1.0])])
+def test_weights_of_the_wrong_size_negative_or_all_zero_are_refused(weights: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="need 3 non-negative sampling weights"):
         StreamBatchSampler(3, 2, seed=0, weights=weights)
 

@@ -16,8 +16,7 @@ from safetensors.torch import load_file
 
 from unetseg.checkpoint import load_checkpoint, model_from_checkpoint
 from unetseg.config import load_config
-from unetseg.data.loader import PRESENT_SHARE
-from unetseg.data.tools import stats_of_masks
+from unetseg.data.tools import PRESENT_SHARE, stats_of_masks
 from unetseg.train import Trainer, TrainingError, TrainingInterrupted, train
 
 REPO = Path(__file__).resolve().parents[1]

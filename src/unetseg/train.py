@@ -34,15 +34,9 @@ from unetseg import viz
 from unetseg.config import Config, save_config
 from unetseg.data.cache import CachedSplit, prepare_split
 from unetseg.data.classes import ClassSet, load_class_set
-from unetseg.data.loader import (
-    StreamBatchSampler,
-    default_workers,
-    rare_class_weights,
-    train_loader,
-    val_loader,
-)
+from unetseg.data.loader import StreamBatchSampler, default_workers, train_loader, val_loader
 from unetseg.data.sources import ensure_synthetic, find_samples
-from unetseg.data.tools import stats_of_masks
+from unetseg.data.tools import rare_class_weights, stats_of_masks
 from unetseg.data.transforms import prepare_batch
 from unetseg.ema import WeightAverage
 from unetseg.evaluate import comparison_rows, evaluate_model

@@ -5,13 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-
-# A class counts as present in an image from this share of its pixels on, so that a few stray
-# pixels (a distant speck, a resize artefact) do not make an image one to draw for that class.
-PRESENT_SHARE = 0.001
 
 
 class StreamBatchSampler(Sampler[list[int]]):
@@ -36,7 +31,9 @@ class StreamBatchSampler(Sampler[list[int]]):
     ) -> None:
         if size < 1:
             raise ValueError("cannot sample from an empty data set")
-        if weights is not None and (weights.shape != (size,) or not weights.sum() > 0):
+        if weights is not None and (
+            weights.shape != (size,) or (weights < 0).any() or not weights.sum() > 0
+        ):
             raise ValueError(f"need {size} non-negative sampling weights, not all zero")
         self.size, self.batch_size, self.seed, self.weights = size, batch_size, seed, weights
         self.rank, self.world_size, self.start = rank, world_size, start
@@ -68,32 +65,6 @@ class StreamBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:  # endless; DataLoader only needs a number
         return 2**62
-
-
-def rare_class_weights(
-    masks: np.ndarray, num_classes: int, temperature: float
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Per-image weights of rare-class sampling (Hoyer et al., DAFormer, CVPR 2022).
-
-    A class ``c`` is drawn with probability proportional to ``exp((1 - f_c) / temperature)``,
-    ``f_c`` its share of the labelled pixels of ``masks`` (N, H, W train ids), then an image
-    uniformly among those where ``c`` covers at least ``PRESENT_SHARE`` of the pixels. An image's
-    weight is therefore the sum, over the classes present in it, of ``P(c) / images with c``.
-    Returns the (N,) float64 weights and the (num_classes,) class probabilities (0 for a class
-    present in no image).
-    """
-    counts = np.stack([np.bincount(m.ravel(), minlength=256)[:num_classes] for m in masks])
-    present = counts >= PRESENT_SHARE * masks[0].size
-    images_with = present.sum(axis=0)
-    if not images_with.any():
-        raise ValueError("rare-class sampling: no class covers enough of any image")
-    share = counts.sum(axis=0) / counts.sum()
-    # exp((1 - f) / T) is proportional to exp(-f / T); less its maximum, finite at any temperature
-    logits = np.where(images_with > 0, -share / temperature, -np.inf)
-    class_probability = np.exp(logits - logits.max())
-    class_probability /= class_probability.sum()
-    weights = present @ (class_probability / np.maximum(images_with, 1))
-    return torch.from_numpy(weights), class_probability
 
 
 def default_workers(num_workers: int, device: torch.device, world_size: int = 1) -> int:

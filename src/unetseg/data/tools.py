@@ -22,6 +22,10 @@ from unetseg.files import atomic_path  # noqa: E402
 from unetseg.parallel import parallel_map  # noqa: E402
 from unetseg.viz import colorize, legend_strip, save_image  # noqa: E402
 
+# A class counts as present in an image from this share of its pixels on, so that a few stray
+# pixels (a distant speck, a resize artefact) do not make an image one to draw for that class.
+PRESENT_SHARE = 0.001
+
 
 @dataclass
 class ClassStats:
@@ -127,6 +131,32 @@ def class_stats(
 def stats_of_masks(masks: Iterable[np.ndarray], names: Sequence[str]) -> ClassStats:
     """Pixel counts of train-id masks already in memory (e.g. a training cache)."""
     return _accumulate((_histogram(mask, len(names)) for mask in masks), names)
+
+
+def rare_class_weights(
+    masks: np.ndarray, num_classes: int, temperature: float
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Per-image weights of rare-class sampling (Hoyer et al., DAFormer, CVPR 2022).
+
+    A class ``c`` is drawn with probability proportional to ``exp((1 - f_c) / temperature)``,
+    ``f_c`` its share of the labelled pixels of ``masks`` (N, H, W train ids), then an image
+    uniformly among those where ``c`` covers at least ``PRESENT_SHARE`` of the pixels. An image's
+    weight is therefore the sum, over the classes present in it, of ``P(c) / images with c``.
+    Returns the (N,) float64 weights and the (num_classes,) class probabilities (0 for a class
+    present in no image).
+    """
+    counts = np.stack([_histogram(mask, num_classes).counts for mask in masks])
+    present = counts >= PRESENT_SHARE * masks[0].size
+    images_with = present.sum(axis=0)
+    if not images_with.any():
+        raise ValueError("rare-class sampling: no class covers enough of any image")
+    share = counts.sum(axis=0) / counts.sum()
+    # exp((1 - f) / T) is proportional to exp(-f / T); less its maximum, finite at any temperature
+    logits = np.where(images_with > 0, -share / temperature, -np.inf)
+    class_probability = np.exp(logits - logits.max())
+    class_probability /= class_probability.sum()
+    weights = present @ (class_probability / np.maximum(images_with, 1))
+    return torch.from_numpy(weights), class_probability
 
 
 def _weights_source(stats: dict[str, ClassStats]) -> tuple[str, ClassStats]:
