@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
+from unetseg.config import load_config
 from unetseg.runtime import cpu_supports_bf16
+from unetseg.train import Trainer
 
 
 def alternating_rates(
@@ -89,3 +91,25 @@ class Output:
         ]
         with open(results, "a", encoding="utf-8") as handle:
             handle.write("\n".join(section) + "\n")
+
+
+def trainer_for(
+    work: Path, size: tuple[int, int], width: int, batch: int, extra: list[str]
+) -> Trainer:
+    """A Trainer on a few synthetic scenes of ``size`` (written once under ``work``)."""
+    config = load_config(
+        None,
+        [
+            f"data.root={work / f'synthetic_{size[0]}x{size[1]}'}",
+            f"data.cache_dir={work / 'cache'}",
+            f"data.size=[{size[0]},{size[1]}]",
+            "data.synthetic_train=16",
+            "data.synthetic_val=4",
+            f"model.width={width}",
+            f"train.batch_size={batch}",
+            "train.accum_steps=1",
+            "train.training_iterations=1000000",
+            *extra,
+        ],
+    )
+    return Trainer(config, work / "run", resume=False, progress=False)

@@ -64,8 +64,6 @@ def main() -> None:
             x, y = prepare_batch(
                 images.to(rt.device),
                 masks.to(rt.device),
-                config.data.mean,
-                config.data.std,
                 config.augment,
                 step_generator(0, next(counter), 0, 0),
             )

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Output, alternating_rates, machine  # noqa: E402
+from common import Output, alternating_rates, machine, trainer_for  # noqa: E402
 
 from unetseg.allocator import use_fast_allocator  # noqa: E402
 from unetseg.cli import parse_size  # noqa: E402
@@ -36,25 +36,6 @@ from unetseg.viz import plot_curves  # noqa: E402
 
 FP32 = ["train.precision=fp32", "train.channels_last=off"]
 FP32_CHANNELS_LAST = ["train.precision=fp32", "train.channels_last=on"]
-
-
-def trainer_for(work: Path, size: tuple[int, int], width: int, batch: int, extra: list[str]):
-    config = load_config(
-        None,
-        [
-            f"data.root={work / f'synthetic_{size[0]}x{size[1]}'}",
-            f"data.cache_dir={work / 'cache'}",
-            f"data.size=[{size[0]},{size[1]}]",
-            "data.synthetic_train=16",
-            "data.synthetic_val=4",
-            f"model.width={width}",
-            f"train.batch_size={batch}",
-            "train.accum_steps=1",
-            "train.training_iterations=1000000",
-            *extra,
-        ],
-    )
-    return Trainer(config, work / "run", resume=False, progress=False)
 
 
 def speed(args: argparse.Namespace, size: tuple[int, int]) -> tuple[dict[str, float], str, int]:

@@ -1,4 +1,4 @@
-"""Issue 8: train the CamVid recipe for a wall-clock budget and score it on unseen frames.
+"""Train the CamVid recipe for a wall-clock budget and score it on unseen frames.
 
     python benchmarks/quality_camvid.py --budget-min 60 [--config configs/camvid.yaml]
         [--out RUN_DIR] [--cross-sequence] [--tta flip] [--scales 0.75,1,1.25] [key=value ...]
@@ -21,7 +21,7 @@ of that run) without training, for example with test-time augmentation; the reci
 where that run's configuration differs from ``--config``.
 
 The run folder keeps everything ``unetseg train`` writes (report.html included) plus one
-``evaluation_*`` folder per scoring. The last line printed is JSON with ``val_miou``,
+``evaluation_*`` folder per scoring. The last line printed is JSON with ``encoder``, ``val_miou``,
 ``budget_min``, ``images_seen`` and ``checkpoint``.
 """
 
@@ -191,6 +191,7 @@ def main() -> None:
         per_class = ", ".join(f"{k} {v or 0:.3f}" for k, v in value["per_class_iou"].items())
         out(f"{name}: mIoU {value['miou']:.4f} ({per_class})")
     summary = {
+        "encoder": config_of(state).model.encoder,
         "val_miou": scores["val"]["miou"],
         "cross_sequence_miou": scores.get("cross_sequence", {}).get("miou"),
         "budget_min": t.time_budget_min,

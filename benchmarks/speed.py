@@ -23,7 +23,7 @@ matmul rate of the variant's dtype measured in this run; peak memory (CUDA: max_
 CPU: the process's peak RSS, reset per variant where Linux allows it, else ru_maxrss); and
 end-to-end training speed over ``original``. Then: throughput of the ``predict`` path
 (``predict_paths`` on a folder of 1024x512 PNGs: decode, resize, model, upsample, write) and ONNX
-Runtime vs torch eager at batch 1 (both on the CPU, same normalised input).
+Runtime vs torch eager at batch 1 (both on the CPU, same input).
 
 Every rate is the median of ``--repeats`` after ``--warmup`` calls, except the original's
 training: a step of 12 fp32 images takes about a minute on a 2-core CPU, so its ``--repeats``
@@ -68,7 +68,7 @@ from unetseg.data.classes import IGNORE_INDEX, ClassSet, load_class_set  # noqa:
 from unetseg.data.io import Sample  # noqa: E402
 from unetseg.data.loader import StreamBatchSampler, train_loader  # noqa: E402
 from unetseg.data.sources import ensure_synthetic, find_samples  # noqa: E402
-from unetseg.data.transforms import normalise  # noqa: E402
+from unetseg.data.transforms import to_model_input  # noqa: E402
 from unetseg.model import UNet  # noqa: E402
 from unetseg.runtime import select_device, select_precision  # noqa: E402
 from unetseg.train import Trainer, build_optimizer  # noqa: E402
@@ -460,7 +460,7 @@ def predict_throughput(
 
 
 def onnx_vs_torch(args: argparse.Namespace, checkpoint: Path) -> dict[str, float] | None:
-    """Batch-1 images/s of ONNX Runtime and torch eager on the CPU, same normalised input."""
+    """Batch-1 images/s of ONNX Runtime and torch eager on the CPU, same input."""
     from unetseg.export import export_onnx
     from unetseg.predict import Predictor
 
@@ -479,7 +479,7 @@ def onnx_vs_torch(args: argparse.Namespace, checkpoint: Path) -> dict[str, float
     eager = Predictor.from_checkpoint(checkpoint, "cpu")
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (1, args.size[1], args.size[0], 3), generator=generator)
-    x = normalise(pixels.to(torch.uint8), eager.mean, eager.std)
+    x = to_model_input(pixels.to(torch.uint8))
 
     def runner(predictor: Predictor) -> Run:
         return lambda: (predictor.logits(x), 1)[1]

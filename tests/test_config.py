@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from unetseg.checkpoint import build_model
 from unetseg.config import ConfigError, load_config
+from unetseg.model import build_model
 
 SHIPPED_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 

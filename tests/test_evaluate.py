@@ -14,6 +14,7 @@ from unetseg.cli import main
 from unetseg.config import from_dict
 from unetseg.data.classes import camvid11
 from unetseg.evaluate import evaluate_checkpoint
+from unetseg.model import build_model
 
 CONSTANT = 3  # the class the test model always predicts
 
@@ -37,7 +38,7 @@ def constant_checkpoint(path: Path, root: Path) -> Path:
     raw["data"].update(class_set="camvid11", size=[64, 32], cache_dir=str(root / "cache"))
     config = from_dict(raw)
     torch.manual_seed(0)
-    model = ckpt.build_model(config, camvid11().num_classes)
+    model = build_model(config, camvid11().num_classes)
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.zero_()

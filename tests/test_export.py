@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from unetseg.checkpoint import FORMAT, build_model, model_from_checkpoint, save_checkpoint
+from unetseg.checkpoint import FORMAT, model_from_checkpoint, save_checkpoint
 from unetseg.config import from_dict
 from unetseg.data.classes import cityscapes19
 from unetseg.export import export_onnx
+from unetseg.model import build_model
 from unetseg.predict import Predictor, predict_paths
 
 

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from unetseg.checkpoint import FORMAT, build_model, save_checkpoint
+from unetseg.checkpoint import FORMAT, save_checkpoint
 from unetseg.config import from_dict
 from unetseg.data.classes import ClassSet, camvid11, cityscapes19
-from unetseg.data.transforms import normalise
+from unetseg.data.transforms import to_model_input
+from unetseg.model import build_model
 from unetseg.predict import (
     Predictor,
     _upsample_argmax,
@@ -94,7 +95,7 @@ def check_outputs(folder: Path, stem: str, size: tuple[int, int]) -> None:
 def test_inference_size(
     image_size: tuple[int, int], train_size: tuple[int, int], expected: tuple[int, int]
 ) -> None:
-    width, height = inference_size(*image_size, train_size)
+    width, height = inference_size(*image_size, train_size, 16)
     assert (width, height) == expected
     assert width % 16 == 0 and height % 16 == 0
     if min(expected) > 16:
@@ -254,15 +255,16 @@ def scale_dependent_predictor() -> Predictor:
     by_height = torch.tensor([1.5, 0.0, -1.5]).view(1, 3, 1, 1)
 
     def run(x: torch.Tensor) -> torch.Tensor:
+        x = (x - 0.5) / 0.25
         return torch.einsum("nchw,kc->nkhw", x, mix) + (x.shape[-2] / 32 - 1) * by_height
 
-    return Predictor(run, camvid11(), TRAIN_SIZE, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
+    return Predictor(run, camvid11(), TRAIN_SIZE, 16, torch.device("cpu"))
 
 
 def test_multi_scale_averages_the_softmax_of_each_scale() -> None:
     predictor = scale_dependent_predictor()
     image = random_image(64, 128, seed=5)  # inference size 64x32 (the training area)
-    x = normalise(torch.tensor(image)[None], predictor.mean, predictor.std)
+    x = to_model_input(torch.tensor(image)[None])
     probabilities = torch.zeros(1, 3, 32, 64)
     for side in ((16, 32), (32, 64), (64, 128)):  # scales 0.5, 1 and 2, back to 32x64
         resized = F.interpolate(x, size=side, mode="bilinear", antialias=True)
@@ -270,7 +272,7 @@ def test_multi_scale_averages_the_softmax_of_each_scale() -> None:
         probabilities += F.interpolate(scaled, size=(32, 64), mode="bilinear")
     reference = F.interpolate(probabilities, size=(64, 128), mode="bilinear").argmax(1)[0]
     mask = torch.from_numpy(predict_image(predictor, image, scales=(0.5, 1.0, 2.0))).long()
-    # PIL's resize of the uint8 image differs slightly from resizing the normalised tensor.
+    # PIL's resize of the uint8 image differs slightly from resizing the float tensor.
     assert (mask == reference).float().mean() > 0.97
     single = torch.from_numpy(predict_image(predictor, image)).long()
     assert (single != reference).float().mean() > 0.05  # the scales did change the answer

@@ -40,6 +40,7 @@ from unetseg.cli import main
 from unetseg.config import from_dict, load_config, save_config
 from unetseg.data.classes import camvid11, cityscapes19
 from unetseg.data.io import DataError, Sample, open_image, read_train_ids, to_rgb
+from unetseg.model import build_model
 from unetseg.predict import Predictor, predict_image
 from unetseg.train import Trainer, TrainingError, train
 
@@ -238,7 +239,7 @@ def tiny_state(class_set_name: str = "cityscapes19", width: int = 4, step: int =
     class_set = camvid11() if class_set_name == "camvid11" else cityscapes19()
     config = from_dict({"model": {"width": width}, "data": {"size": [64, 32]}})
     torch.manual_seed(0)
-    model = ckpt.build_model(config, class_set.num_classes)
+    model = build_model(config, class_set.num_classes)
     return {
         "format": ckpt.FORMAT,
         "step": step,
@@ -863,7 +864,7 @@ def test_load_weights_says_what_differs(file, model, expected) -> None:
     """Bad input 9: another class count or width: the message says which."""
     weights = tiny_state(*file)["model"]
     config = from_dict({"model": {"width": model[1]}})
-    target = ckpt.build_model(
+    target = build_model(
         config, (camvid11() if model[0] == "camvid11" else cityscapes19()).num_classes
     )
     with pytest.raises(CheckpointError) as caught:

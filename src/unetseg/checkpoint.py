@@ -19,12 +19,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from unetseg.config import Config, from_dict
+from unetseg.config import Config, from_dict, normalisation
 from unetseg.data.classes import ClassSet
+from unetseg.encoders import ENCODERS
 from unetseg.files import atomic_path, write_text
-from unetseg.model import ResUNet, SegmentationNet, UNet
+from unetseg.model import SegmentationNet, build_model
 
 FORMAT = "unetseg-checkpoint-1"
+# What an exported model takes (model.json's "input"): normalisation happens inside it.
+MODEL_INPUT = "float32 RGB in [0, 1], (N, 3, H, W)"
 
 
 class CheckpointError(ValueError):
@@ -124,15 +127,6 @@ def config_of(state: dict[str, Any]) -> Config:
     return from_dict(state["config"], source="checkpoint config")
 
 
-def build_model(config: Config, num_classes: int) -> SegmentationNet:
-    """A fresh U-Net (plain or residual encoder) as the configuration describes it."""
-    m = config.model
-    common = {"dropout": m.dropout, "upsampling": m.upsampling, "input_norm": m.input_norm}
-    if m.encoder == "residual":
-        return ResUNet(num_classes, m.width, m.blocks, full_resolution=m.full_resolution, **common)
-    return UNet(num_classes, m.width, **common)
-
-
 def model_from_checkpoint(path: Path) -> tuple[SegmentationNet, Config, ClassSet]:
     """The trained model (eval mode, CPU; its weight average if it has one), configuration and
     class set."""
@@ -177,11 +171,14 @@ def export_safetensors(model: nn.Module, config: Config, class_set: ClassSet, pa
 
 
 def model_metadata(config: Config, class_set: ClassSet) -> dict[str, Any]:
-    """What a user of exported weights needs besides them: classes, normalisation, shape."""
+    """What a user of exported weights needs besides them: input, classes, normalisation, shape."""
+    mean, std = normalisation(config)
     return {
         "architecture": "unet",
         "model": config.to_dict()["model"],
+        "input": MODEL_INPUT,
         "input_size": config.data.size,
-        "normalisation": {"mean": config.data.mean, "std": config.data.std},
+        "size_factor": ENCODERS[config.model.encoder].size_factor,
+        "normalisation": {"mean": mean, "std": std, "applied": "inside the model"},
         "class_set": class_set.to_dict(),
     }

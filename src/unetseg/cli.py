@@ -450,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unetseg`` console command."""
     from unetseg.checkpoint import CheckpointError
     from unetseg.data.io import DataError
+    from unetseg.efficientnet_lite import WeightsError
     from unetseg.runtime import sigterm_as_interrupt
     from unetseg.train import TrainingError, TrainingInterrupted
 
@@ -460,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (DataError, CheckpointError, TrainingError, TrainingInterrupted) as error:
+    except (DataError, CheckpointError, WeightsError, TrainingError, TrainingInterrupted) as error:
         print(f"error: {error}", file=sys.stderr)
         return 130 if isinstance(error, TrainingInterrupted) else 1
     except KeyboardInterrupt:

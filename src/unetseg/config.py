@@ -18,8 +18,7 @@ from typing import Any
 
 import yaml
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+from unetseg.encoders import ENCODERS
 
 
 class ConfigError(ValueError):
@@ -47,8 +46,10 @@ class DataConfig:
     # come up more often (rare-class sampling, DAFormer), sharper at lower temperature
     sampling: str = "uniform"
     rare_class_temperature: float = 0.01
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    # input normalisation of [0, 1] RGB, applied inside the model; empty: the statistics the
+    # encoder was trained with (ImageNet's; EfficientNet-Lite's own 127/128 for those encoders)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
     synthetic_train: int = 300  # scenes written when kind=synthetic and root is empty
     synthetic_val: int = 40
     synthetic_seed: int = 0
@@ -84,7 +85,13 @@ class ModelConfig:
     width: int = 64
     dropout: float = 0.1
     upsampling: str = "transpose"  # transpose | bilinear
-    encoder: str = "plain"  # plain (UNet) | residual (ResUNet: stride-2 stem, residual stages)
+    # plain (UNet) | residual (ResUNet: stride-2 stem, residual stages) | efficientnet_lite0,
+    # efficientnet_lite1, efficientnet_lite2 (LiteUNet: inputs multiples of 32)
+    encoder: str = "plain"
+    # EfficientNet-Lite: start the encoder from its ImageNet weights (the unetseg[pretrained] extra)
+    pretrained: bool = True
+    # EfficientNet-Lite: keep the encoder's batch-norm statistics fixed while training
+    freeze_encoder_bn: bool = False
     blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])  # residual blocks per stage
     # residual encoder only: a decoder level at the input's resolution (width // 2 channels) adds
     # a correction to the logits upsampled x2, for structures a pixel or two wide
@@ -137,6 +144,9 @@ class TrainConfig:
     time_budget_min: float = 0.0  # > 0: stop after this many wall-clock minutes, decay over them
     ema_decay: float = 0.0  # > 0: evaluate and ship an exponential moving average of the weights
     average_from: float = 0.0  # > 0: from this share of the run on, ship the mean of the weights
+    # pretrained encoders: their learning rate is base_lr times this (the schedule applies to both)
+    encoder_lr_scale: float = 1.0
+    freeze_encoder_steps: int = 0  # pretrained encoders: not updated in the first steps
 
 
 @dataclass
@@ -159,7 +169,7 @@ CHOICES = {
     "data.mask_type": ("labelIds", "color"),
     "data.sampling": ("uniform", "rare_class"),
     "model.upsampling": ("transpose", "bilinear"),
-    "model.encoder": ("plain", "residual"),
+    "model.encoder": tuple(ENCODERS),
     "model.input_norm": ("none", "per_image"),
     "loss.class_weighting": ("none", "median_frequency", "sqrt_median_frequency"),
     "train.decay": ("original", "poly", "cosine"),
@@ -253,9 +263,13 @@ def validate(config: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(allowed)}")
     d, t, a = config.data, config.train, config.augment
-    if len(d.size) != 2 or any(s <= 0 or s % 16 for s in d.size):
-        raise ConfigError(f"data.size: {d.size} must be [width, height], both multiples of 16")
-    if len(d.mean) != 3 or len(d.std) != 3 or any(s <= 0 for s in d.std):
+    factor = ENCODERS[config.model.encoder].size_factor
+    if len(d.size) != 2 or any(s <= 0 or s % factor for s in d.size):
+        raise ConfigError(
+            f"data.size: {d.size} must be [width, height], both multiples of {factor} "
+            f"(model.encoder {config.model.encoder})"
+        )
+    if (d.mean or d.std) and (len(d.mean) != 3 or len(d.std) != 3 or min(d.std) <= 0):
         raise ConfigError("data.mean/data.std: need three values each, std positive")
     positive = {
         "train.batch_size": t.batch_size,
@@ -333,11 +347,13 @@ def validate(config: Config) -> None:
         if spread < 0:
             raise ConfigError(f"augment.{key}: must not be negative, got {spread}")
     if a.crop and (
-        len(a.crop) != 2 or any(c <= 0 or c % 16 or c > s for c, s in zip(a.crop, d.size))
+        len(a.crop) != 2 or any(c <= 0 or c % factor or c > s for c, s in zip(a.crop, d.size))
     ):
         raise ConfigError(
-            f"augment.crop: {a.crop} must be [width, height], multiples of 16 within data.size"
+            f"augment.crop: {a.crop} must be [width, height], multiples of {factor} within "
+            "data.size"
         )
+    _validate_encoder(config)
     _validate_classes(config)
     if not 0.0 < config.loss.ce_hard_fraction <= 1.0:
         raise ConfigError(
@@ -345,6 +361,39 @@ def validate(config: Config) -> None:
         )
     if config.loss.ce_weight + config.loss.dice_weight <= 0:
         raise ConfigError("loss.ce_weight/dice_weight: at least one must be positive")
+
+
+def _validate_encoder(config: Config) -> None:
+    """The fine-tuning knobs need an encoder that starts from pretrained weights."""
+    m, t = config.model, config.train
+    if t.encoder_lr_scale < 0:
+        raise ConfigError(f"train.encoder_lr_scale: must not be negative, got {t.encoder_lr_scale}")
+    if t.freeze_encoder_steps < 0:
+        raise ConfigError(
+            f"train.freeze_encoder_steps: must not be negative, got {t.freeze_encoder_steps}"
+        )
+    pretrained = m.pretrained and ENCODERS[m.encoder].pretrainable
+    tuned = {
+        "train.encoder_lr_scale": t.encoder_lr_scale != 1.0,
+        "train.freeze_encoder_steps": t.freeze_encoder_steps > 0,
+    }
+    for key, used in tuned.items():
+        if used and not pretrained:
+            raise ConfigError(
+                f"{key}: only for a pretrained encoder (model.encoder efficientnet_lite0/1/2 "
+                f"with model.pretrained true), not {m.encoder}"
+            )
+    if m.freeze_encoder_bn and not ENCODERS[m.encoder].pretrainable:
+        raise ConfigError(
+            f"model.freeze_encoder_bn: only for the EfficientNet-Lite encoders, not {m.encoder}"
+        )
+
+
+def normalisation(config: Config) -> tuple[list[float], list[float]]:
+    """The mean and std the model normalises its [0, 1] inputs with: ``data.mean``/``data.std``,
+    else those the encoder was trained with."""
+    spec = ENCODERS[config.model.encoder]
+    return (config.data.mean or list(spec.mean), config.data.std or list(spec.std))
 
 
 def _validate_classes(config: Config) -> None:

@@ -46,8 +46,6 @@ def evaluate_model(
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     class_set: ClassSet,
     runtime: Runtime,
-    mean: Sequence[float],
-    std: Sequence[float],
     loss_fn: nn.Module | None = None,
     max_batches: int = 0,
     per_image: bool = False,
@@ -66,7 +64,7 @@ def evaluate_model(
     for index, (images, masks) in enumerate(loader):
         if max_batches and index >= max_batches:
             break
-        x, y = prepare_batch(images.to(runtime.device), masks.to(runtime.device), mean, std)
+        x, y = prepare_batch(images.to(runtime.device), masks.to(runtime.device))
         with runtime.autocast():
             logits = model(runtime.prepare_input(x))
         prediction = logits.argmax(1)
@@ -95,15 +93,13 @@ def comparison_rows(
     model: nn.Module,
     pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
     runtime: Runtime,
-    mean: Sequence[float],
-    std: Sequence[float],
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(image, ground truth, prediction) arrays of cached uint8 pairs, for comparison grids."""
     if not pairs:
         return []
     images = torch.stack([image for image, _ in pairs])
     masks = torch.stack([mask for _, mask in pairs])
-    x, _ = prepare_batch(images, masks, mean, std)
+    x, _ = prepare_batch(images, masks)
     model.eval()
     with runtime.autocast():
         prediction = model(runtime.prepare_input(x)).argmax(1).cpu().numpy().astype(np.uint8)
@@ -152,7 +148,6 @@ def evaluate_checkpoint(
         model = model.to(memory_format=torch.channels_last)
     out = out or checkpoint.parent / f"evaluation_{split}{'_fullres' if full_res else ''}"
     out.mkdir(parents=True, exist_ok=True)
-    mean, std = config.data.mean, config.data.std
     if (tta or list(scales) != [1.0]) and not full_res:
         raise ValueError("test-time augmentation (tta, scales) applies to full-resolution scoring")
 
@@ -186,8 +181,6 @@ def evaluate_checkpoint(
             tqdm(loader, desc=f"evaluate {split}", disable=not progress),
             class_set,
             runtime,
-            mean,
-            std,
             per_image=True,
         )
         scores, matrix = result["scores"], result["matrix"]
@@ -197,7 +190,7 @@ def evaluate_checkpoint(
         )[:worst]
         worst_scores = [result["image_miou"][i] for i in order]
         pairs = [cached[i] for i in order]
-        worst_rows = comparison_rows(model, pairs, runtime, mean, std)
+        worst_rows = comparison_rows(model, pairs, runtime)
 
     metrics = scores.to_dict(class_set.names)
     metrics.update(

@@ -1,4 +1,8 @@
-"""The U-Net of Ronneberger et al. (2015), with batch norm and dropout, and a residual variant.
+"""The U-Net of Ronneberger et al. (2015), with batch norm and dropout, over three encoders.
+
+Every model takes RGB images as floats in [0, 1], (N, 3, H, W), normalises them itself with the
+statistics its encoder was trained with (so checkpoints and ONNX exports carry them), and returns
+(N, num_classes, H, W) logits.
 
 ``UNet``: four 2x2 max-pool downsamplings, so both input sides must be multiples of 16. Each block
 is (3x3 conv -> BatchNorm -> ReLU) x 2 followed by Dropout2d; padding keeps the output the size of
@@ -8,9 +12,10 @@ the input (the paper's valid convolutions would shrink it).
 with a stride-2 stem, so its four levels sit at 1/2 to 1/16 of the input and the logits are
 upsampled x2 at the end; with ``full_resolution`` a light decoder level at the input's own
 resolution, over a skip from the input, adds a correction to them for structures a pixel or two
-wide (poles, signs). With its compute at low resolution it is cheap on a CPU even when deep: at
-width 32 with ResNet-34's depths (3, 4, 6, 3) it trained 1.8x the images per second of the
-width-32 ``UNet`` at 320x240 (benchmarks/RESULTS.md, CamVid variants D and E).
+wide (poles, signs). With its compute at low resolution it is cheap on a CPU even when deep.
+
+``LiteUNet``: the decoder over an EfficientNet-Lite encoder (``efficientnet_lite``), which can
+start from ImageNet weights; its five levels reach 1/32, so input sides must be multiples of 32.
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ from typing import Literal
 import torch
 from torch import nn
 
+from unetseg.config import Config, normalisation
+from unetseg.efficientnet_lite import LiteEncoder, load_imagenet_weights
+from unetseg.encoders import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD
+
 Upsampling = Literal["transpose", "bilinear"]
 InputNorm = Literal["none", "per_image"]
-DOWNSAMPLING_FACTOR = 16
 
 
 class DoubleConv(nn.Module):
@@ -58,10 +66,15 @@ class Down(nn.Module):
 
 
 class Up(nn.Module):
-    """Upsample x2, concatenate the skip connection, then a DoubleConv."""
+    """Upsample x2 (halving the channels), concatenate the skip connection, then a DoubleConv."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, dropout: float, upsampling: Upsampling
+        self,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        dropout: float,
+        upsampling: Upsampling,
     ) -> None:
         super().__init__()
         half = in_channels // 2
@@ -74,7 +87,7 @@ class Up(nn.Module):
             )
         else:
             raise ValueError(f"upsampling must be 'transpose' or 'bilinear', not {upsampling!r}")
-        self.conv = DoubleConv(half + out_channels, out_channels, dropout)
+        self.conv = DoubleConv(half + skip_channels, out_channels, dropout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([skip, self.up(x)], dim=1))
@@ -88,14 +101,31 @@ def check_arguments(num_classes: int, width: int, dropout: float) -> None:
         raise ValueError(f"dropout must be in [0, 1), not {dropout}")
 
 
-def input_normalisation(input_norm: InputNorm, channels: int) -> nn.Module:
-    """``per_image``: standardise each channel of each image by its own mean and std, so a
-    darker or flatter exposure of the same scene gives the same input; ``none``: identity."""
-    if input_norm == "per_image":
-        return nn.InstanceNorm2d(channels)
-    if input_norm == "none":
-        return nn.Identity()
-    raise ValueError(f"input_norm must be 'none' or 'per_image', not {input_norm!r}")
+class InputNormalisation(nn.Module):
+    """[0, 1] images -> ``(x - mean) / std``; with ``per_image`` each channel of each image is
+    then standardised by its own mean and std, so that a darker or flatter exposure of the same
+    scene gives the same input.
+
+    The statistics are buffers outside the state dict: they come from the configuration, so that
+    weights saved before normalisation moved into the model still load.
+    """
+
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], input_norm: InputNorm = "none"
+    ) -> None:
+        super().__init__()
+        if len(mean) != len(std) or min(std) <= 0:
+            raise ValueError(f"need one mean and one positive std per channel, got {mean}, {std}")
+        if input_norm not in ("none", "per_image"):
+            raise ValueError(f"input_norm must be 'none' or 'per_image', not {input_norm!r}")
+        shape = (1, len(mean), 1, 1)
+        self.register_buffer("mean", torch.tensor(mean).view(shape), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(shape), persistent=False)
+        self.per_image = nn.InstanceNorm2d(len(mean)) if input_norm == "per_image" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        return self.per_image(x) if self.per_image is not None else x
 
 
 class ResidualBlock(nn.Module):
@@ -137,35 +167,50 @@ class UNet(nn.Module):
     with a 1024-channel bottleneck.
     """
 
+    size_factor = 16
+
     def __init__(
         self,
         num_classes: int,
         width: int = 64,
         dropout: float = 0.1,
         upsampling: Upsampling = "transpose",
-        in_channels: int = 3,
         input_norm: InputNorm = "none",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
         check_arguments(num_classes, width, dropout)
-        self.input_norm = input_normalisation(input_norm, in_channels)
+        self.input_norm = InputNormalisation(mean, std, input_norm)
         w = [width * 2**i for i in range(5)]
-        self.inc = DoubleConv(in_channels, w[0], dropout)
+        self.inc = DoubleConv(3, w[0], dropout)
         self.downs = nn.ModuleList(Down(w[i], w[i + 1], dropout) for i in range(4))
         self.ups = nn.ModuleList(
-            Up(w[i + 1], w[i], dropout, upsampling) for i in reversed(range(4))
+            Up(w[i + 1], w[i], w[i], dropout, upsampling) for i in reversed(range(4))
         )
         self.head = nn.Conv2d(w[0], num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x.shape[-2], x.shape[-1])
+        check_input_size(x.shape[-2], x.shape[-1], self.size_factor)
         skips = [self.inc(self.input_norm(x))]
         for down in self.downs:
             skips.append(down(skips[-1]))
-        x = skips.pop()
-        for up in self.ups:
-            x = up(x, skips.pop())
-        return self.head(x)
+        return self.head(decode(self.ups, skips))
+
+
+def decode(ups: nn.ModuleList, features: list[torch.Tensor]) -> torch.Tensor:
+    """Climb from the deepest of ``features`` (shallow to deep) through the ``Up`` blocks."""
+    x, skips = features[-1], features[:-1]
+    for up in ups:
+        x = up(x, skips.pop())
+    return x
+
+
+def upsample_to(logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Bilinear upsampling of decoder logits to the image's size."""
+    return nn.functional.interpolate(
+        logits, size=image.shape[-2:], mode="bilinear", align_corners=False
+    )
 
 
 class ResUNet(nn.Module):
@@ -178,6 +223,8 @@ class ResUNet(nn.Module):
     structures.
     """
 
+    size_factor = 16
+
     def __init__(
         self,
         num_classes: int,
@@ -185,9 +232,10 @@ class ResUNet(nn.Module):
         blocks: Sequence[int] = (2, 2, 2, 2),
         dropout: float = 0.1,
         upsampling: Upsampling = "transpose",
-        in_channels: int = 3,
         input_norm: InputNorm = "none",
         full_resolution: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
         check_arguments(num_classes, width, dropout)
@@ -195,10 +243,10 @@ class ResUNet(nn.Module):
             raise ValueError("full_resolution needs a width of at least 2")
         if len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"blocks must be four counts of at least 1, not {list(blocks)}")
-        self.input_norm = input_normalisation(input_norm, in_channels)
+        self.input_norm = InputNormalisation(mean, std, input_norm)
         w = [width * 2**i for i in range(4)]
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, w[0], 3, stride=2, padding=1, bias=False),
+            nn.Conv2d(3, w[0], 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(w[0]),
             nn.ReLU(inplace=True),
         )
@@ -207,32 +255,79 @@ class ResUNet(nn.Module):
             for i in range(4)
         )
         self.ups = nn.ModuleList(
-            Up(w[i + 1], w[i], dropout, upsampling) for i in reversed(range(3))
+            Up(w[i + 1], w[i], w[i], dropout, upsampling) for i in reversed(range(3))
         )
         self.head = nn.Conv2d(w[0], num_classes, kernel_size=1)
         self.refine: FullResolutionRefinement | None = None
         if full_resolution:
-            self.refine = FullResolutionRefinement(
-                in_channels, w[0], num_classes, dropout, upsampling
-            )
+            self.refine = FullResolutionRefinement(3, w[0], num_classes, dropout, upsampling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x.shape[-2], x.shape[-1])
+        check_input_size(x.shape[-2], x.shape[-1], self.size_factor)
         image = self.input_norm(x)
-        x = self.stem(image)
-        skips = []
+        features = [self.stem(image)]
         for stage in self.stages:
-            x = stage(x)
-            skips.append(x)
-        skips.pop()  # the deepest stage output is x itself
-        for up in self.ups:
-            x = up(x, skips.pop())
-        logits = nn.functional.interpolate(
-            self.head(x), size=image.shape[-2:], mode="bilinear", align_corners=False
-        )
+            features.append(stage(features[-1]))
+        decoded = decode(self.ups, features[1:])
+        logits = upsample_to(self.head(decoded), image)
         if self.refine is not None:
-            logits = logits + self.refine(x, image)
+            logits = logits + self.refine(decoded, image)
         return logits
+
+
+class LiteUNet(nn.Module):
+    """U-Net decoder over an EfficientNet-Lite encoder, mapping (N, 3, H, W) images to
+    (N, num_classes, H, W) logits.
+
+    The encoder's features at 1/2, 1/4, 1/8 and 1/16 are the skips and its 1/32 features the
+    bottleneck; decoder levels of ``width * 8``, ``* 4``, ``* 2`` and ``* 1`` channels climb back
+    to 1/2, where the logits are bilinearly upsampled to the input size. ``freeze_encoder_bn``
+    keeps the encoder's batch-norm statistics (ImageNet's, when pretrained) fixed in training:
+    small batches then do not replace them with noisier ones.
+    """
+
+    size_factor = 32
+
+    def __init__(
+        self,
+        num_classes: int,
+        encoder: str = "efficientnet_lite0",
+        width: int = 16,
+        dropout: float = 0.1,
+        upsampling: Upsampling = "transpose",
+        input_norm: InputNorm = "none",
+        freeze_encoder_bn: bool = False,
+        mean: Sequence[float] = LITE_MEAN,
+        std: Sequence[float] = LITE_STD,
+    ) -> None:
+        super().__init__()
+        check_arguments(num_classes, width, dropout)
+        self.input_norm = InputNormalisation(mean, std, input_norm)
+        self.encoder = LiteEncoder(encoder)
+        self.freeze_encoder_bn = freeze_encoder_bn
+        skips = self.encoder.channels[:-1]
+        widths = [width * 2**i for i in range(len(skips))]
+        inputs = [self.encoder.channels[-1], *widths[:0:-1]]  # what each level climbs from
+        self.ups = nn.ModuleList(
+            Up(inputs[j], skips[-1 - j], widths[-1 - j], dropout, upsampling)
+            for j in range(len(skips))
+        )
+        self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_size(x.shape[-2], x.shape[-1], self.size_factor)
+        image = self.input_norm(x)
+        return upsample_to(self.head(decode(self.ups, self.encoder(image))), image)
+
+    def train(self, mode: bool = True) -> LiteUNet:
+        """As ``nn.Module.train``, but with ``freeze_encoder_bn`` the encoder's batch norms stay
+        in eval mode (their statistics fixed; their scale and shift still learn)."""
+        super().train(mode)
+        if mode and self.freeze_encoder_bn:
+            for module in self.encoder.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+        return self
 
 
 class FullResolutionRefinement(nn.Module):
@@ -259,7 +354,7 @@ class FullResolutionRefinement(nn.Module):
             nn.BatchNorm2d(channels),
             nn.ReLU(inplace=True),
         )
-        self.up = Up(decoder_channels, channels, dropout, upsampling)
+        self.up = Up(decoder_channels, channels, channels, dropout, upsampling)
         self.head = nn.Conv2d(channels, num_classes, kernel_size=1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -269,32 +364,59 @@ class FullResolutionRefinement(nn.Module):
         return self.head(self.up(decoded, self.skip(image)))
 
 
-SegmentationNet = UNet | ResUNet
+SegmentationNet = UNet | ResUNet | LiteUNet
 
 
-def nearest_valid_sizes(side: int) -> tuple[int, int]:
-    """The multiples of 16 just below and above ``side`` (the lower one at least 16)."""
-    lower = max(DOWNSAMPLING_FACTOR, side // DOWNSAMPLING_FACTOR * DOWNSAMPLING_FACTOR)
-    upper = -(-side // DOWNSAMPLING_FACTOR) * DOWNSAMPLING_FACTOR
-    return lower, max(upper, DOWNSAMPLING_FACTOR)
+def build_model(config: Config, num_classes: int, pretrained: bool = False) -> SegmentationNet:
+    """A U-Net as the configuration describes it. With ``pretrained`` (a new training run, not a
+    model about to receive a checkpoint's weights) an EfficientNet-Lite encoder starts from its
+    ImageNet weights when ``model.pretrained`` asks for them."""
+    m = config.model
+    mean, std = normalisation(config)
+    common = {"dropout": m.dropout, "upsampling": m.upsampling, "input_norm": m.input_norm}
+    common |= {"mean": mean, "std": std}
+    if m.encoder == "plain":
+        return UNet(num_classes, m.width, **common)
+    if m.encoder == "residual":
+        return ResUNet(num_classes, m.width, m.blocks, full_resolution=m.full_resolution, **common)
+    model = LiteUNet(
+        num_classes, m.encoder, m.width, freeze_encoder_bn=m.freeze_encoder_bn, **common
+    )
+    if pretrained and m.pretrained:
+        load_imagenet_weights(model.encoder, m.encoder)
+    return model
 
 
-def check_input_size(height: int, width: int) -> None:
-    """Raise ValueError, naming valid alternatives, unless both sides are multiples of 16."""
+def nearest_valid_sizes(side: int, factor: int) -> tuple[int, int]:
+    """The multiples of ``factor`` just below and above ``side`` (the lower one at least
+    ``factor``)."""
+    lower = max(factor, side // factor * factor)
+    upper = -(-side // factor) * factor
+    return lower, max(upper, factor)
+
+
+def size_problem(width: int, height: int, factor: int) -> str | None:
+    """Why a ``width`` x ``height`` input does not fit a model whose sides must be multiples of
+    ``factor``, naming the nearest valid sides; None when it fits."""
     bad = [
         (name, side)
         for name, side in (("height", height), ("width", width))
-        if side % DOWNSAMPLING_FACTOR or side == 0
+        if side % factor or side <= 0
     ]
-    if bad:
-        hints = ", ".join(
-            f"{name} {side} -> {' or '.join(map(str, sorted(set(nearest_valid_sizes(side)))))}"
-            for name, side in bad
-        )
-        raise ValueError(
-            f"U-Net input size {width}x{height} (WxH) is not a multiple of "
-            f"{DOWNSAMPLING_FACTOR} on each side; nearest valid: {hints}"
-        )
+    if not bad:
+        return None
+    hints = ", ".join(
+        f"{name} {side} -> {' or '.join(map(str, sorted(set(nearest_valid_sizes(side, factor)))))}"
+        for name, side in bad
+    )
+    return f"size {width}x{height} (WxH) is not a multiple of {factor} on each side; nearest valid: {hints}"
+
+
+def check_input_size(height: int, width: int, factor: int) -> None:
+    """Raise ValueError, naming valid alternatives, unless both sides are multiples of ``factor``."""
+    problem = size_problem(width, height, factor)
+    if problem:
+        raise ValueError(f"U-Net input {problem}")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -26,12 +26,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from unetseg import viz
-from unetseg.checkpoint import CheckpointError, model_from_checkpoint
+from unetseg.checkpoint import MODEL_INPUT, CheckpointError, model_from_checkpoint
 from unetseg.config import Config
 from unetseg.data.classes import ClassSet
 from unetseg.data.io import DataError, list_images, read_rgb
-from unetseg.data.transforms import normalise
-from unetseg.model import DOWNSAMPLING_FACTOR, SegmentationNet, check_input_size
+from unetseg.data.transforms import to_model_input
+from unetseg.model import SegmentationNet, check_input_size
 from unetseg.runtime import Runtime, local_runtime, sigterm_as_interrupt
 
 OVERLAY_QUALITY = 90
@@ -40,23 +40,21 @@ WINDOW_OVERLAP = 1 / 3
 
 
 class Predictor:
-    """Wraps a PyTorch checkpoint or an ONNX model; maps a normalised float batch (N, 3, H, W)
-    to float32 logits (N, C, H, W)."""
+    """Wraps a PyTorch checkpoint or an ONNX model; maps a [0, 1] float batch (N, 3, H, W) to
+    float32 logits (N, C, H, W)."""
 
     def __init__(
         self,
         run: Callable[[torch.Tensor], torch.Tensor],
         class_set: ClassSet,
         input_size: tuple[int, int],
-        mean: Sequence[float],
-        std: Sequence[float],
+        size_factor: int,
         device: torch.device,
     ) -> None:
         self._run = run
         self.class_set = class_set
         self.input_size = input_size  # training (width, height)
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+        self.size_factor = size_factor  # input sides must be multiples of it
         self.device = device  # where inputs go and where ``device_logits`` returns them
 
     @classmethod
@@ -77,8 +75,7 @@ class Predictor:
             _torch_runner(model, runtime),
             class_set,
             (size[0], size[1]),
-            config.data.mean,
-            config.data.std,
+            model.size_factor,
             runtime.device,
         )
 
@@ -100,20 +97,24 @@ class Predictor:
             images = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
             return torch.from_numpy(session.run(["logits"], {"images": images})[0])
 
+        if meta.get("input") != MODEL_INPUT:
+            raise CheckpointError(
+                f"{path}: exported by an older unetseg (it takes normalised images); "
+                "export the checkpoint again"
+            )
         width, height = meta["input_size"]
         return cls(
             run,
             ClassSet.from_dict(meta["class_set"]),
             (width, height),
-            meta["normalisation"]["mean"],
-            meta["normalisation"]["std"],
+            int(meta["size_factor"]),
             torch.device("cpu"),
         )
 
     @torch.inference_mode()
     def device_logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Float32 logits left on ``self.device`` (for post-processing there)."""
-        check_input_size(batch.shape[-2], batch.shape[-1])
+        check_input_size(batch.shape[-2], batch.shape[-1], self.size_factor)
         return self._run(batch.to(self.device)).float()
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -135,19 +136,21 @@ def _torch_runner(
     return run
 
 
-def inference_size(width: int, height: int, train_size: tuple[int, int]) -> tuple[int, int]:
+def inference_size(
+    width: int, height: int, train_size: tuple[int, int], factor: int
+) -> tuple[int, int]:
     """Scale the image so its area matches the training area (keeping aspect ratio), each side
-    rounded to a multiple of 16 (at least 16)."""
+    rounded to a multiple of ``factor`` (at least ``factor``)."""
     scale = math.sqrt(train_size[0] * train_size[1] / (width * height))
-    return _round16(width * scale), _round16(height * scale)
+    return _round_to(width * scale, factor), _round_to(height * scale, factor)
 
 
-def _round16(side: float) -> int:
-    return max(1, math.floor(side / DOWNSAMPLING_FACTOR + 0.5)) * DOWNSAMPLING_FACTOR
+def _round_to(side: float, factor: int) -> int:
+    return max(1, math.floor(side / factor + 0.5)) * factor
 
 
-def _ceil16(side: int) -> int:
-    return -(-side // DOWNSAMPLING_FACTOR) * DOWNSAMPLING_FACTOR
+def _ceil_to(side: int, factor: int) -> int:
+    return -(-side // factor) * factor
 
 
 @torch.inference_mode()
@@ -191,16 +194,17 @@ def _predict_resized(
 ) -> list[np.ndarray]:
     """Masks of images that share one inference size, one forward pass per scale."""
     height, width = images[0].shape[:2]
-    base = inference_size(width, height, predictor.input_size)
+    factor = predictor.size_factor
+    base = inference_size(width, height, predictor.input_size, factor)
     softmax = tta or len(scales) > 1  # logits of different passes are not comparable
     scores = None
     for scale in scales:
-        size = (_round16(base[0] * scale), _round16(base[1] * scale))
+        size = (_round_to(base[0] * scale, factor), _round_to(base[1] * scale, factor))
         resized = [
             np.asarray(Image.fromarray(i).resize(size, Image.Resampling.BILINEAR)) for i in images
         ]
         batch = torch.from_numpy(np.stack(resized)).to(predictor.device)
-        part = _scores(predictor, normalise(batch, predictor.mean, predictor.std), tta, softmax)
+        part = _scores(predictor, to_model_input(batch), tta, softmax)
         if size != base:
             part = F.interpolate(part, size=base[::-1], mode="bilinear", align_corners=False)
         scores = part if scores is None else scores + part
@@ -247,10 +251,10 @@ def _predict_sliding(
 ) -> np.ndarray:
     """Mean softmax of overlapping training-size windows over the full-resolution image."""
     height, width = image.shape[:2]
-    window_w = min(predictor.input_size[0], _ceil16(width))
-    window_h = min(predictor.input_size[1], _ceil16(height))
+    window_w = min(predictor.input_size[0], _ceil_to(width, predictor.size_factor))
+    window_h = min(predictor.input_size[1], _ceil_to(height, predictor.size_factor))
     x = torch.tensor(image)[None].to(predictor.device)
-    x = _pad(normalise(x, predictor.mean, predictor.std), window_h, window_w)
+    x = _pad(to_model_input(x), window_h, window_w)
     windows = [
         (slice(top, top + window_h), slice(left, left + window_w))
         for top in _window_starts(x.shape[2], window_h)
@@ -270,12 +274,13 @@ def _predict_sliding(
 
 def _pad(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pad bottom/right up to at least (height, width): mirrored where the image is big enough,
-    else zeros (the mean colour after normalisation)."""
+    else mid-grey."""
     pad_h, pad_w = max(0, height - x.shape[2]), max(0, width - x.shape[3])
     if not pad_h and not pad_w:
         return x
-    reflect = pad_h < x.shape[2] and pad_w < x.shape[3]
-    return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if reflect else "constant")
+    if pad_h < x.shape[2] and pad_w < x.shape[3]:
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="constant", value=0.5)
 
 
 def _window_starts(side: int, window: int) -> list[int]:
@@ -449,7 +454,10 @@ class _Batcher:
         self.groups: dict[tuple[int, int], list[tuple[_Job, np.ndarray]]] = {}
 
     def add(self, job: _Job, image: np.ndarray) -> None:
-        size = inference_size(image.shape[1], image.shape[0], self.predictor.input_size)
+        predictor = self.predictor
+        size = inference_size(
+            image.shape[1], image.shape[0], predictor.input_size, predictor.size_factor
+        )
         self.groups.setdefault(size, []).append((job, image))
         if len(self.groups[size]) >= self.batch_size:
             self._run(size)

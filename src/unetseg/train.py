@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from unetseg import checkpoint as ckpt
 from unetseg import viz
-from unetseg.config import Config, save_config
+from unetseg.config import Config, TrainConfig, save_config
 from unetseg.data.cache import CachedSplit, prepare_split
 from unetseg.data.classes import ClassSet, load_class_set
 from unetseg.data.loader import StreamBatchSampler, default_workers, train_loader, val_loader
@@ -42,6 +42,7 @@ from unetseg.ema import WeightAverage
 from unetseg.evaluate import comparison_rows, evaluate_model
 from unetseg.files import atomic_path, write_json, write_text
 from unetseg.losses import SegmentationLoss
+from unetseg.model import LiteUNet, build_model
 from unetseg.report import read_jsonl, write_report
 from unetseg.runtime import Runtime, barrier, make_runtime, shutdown
 from unetseg.schedule import Schedule
@@ -96,15 +97,36 @@ def prepare_data(
     }
 
 
-def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norm parameters (decaying them only hurts)."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": config.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=config.train.base_lr)
+def pretrained_encoder(model: nn.Module, config: Config) -> nn.Module | None:
+    """The part of ``model`` that starts from pretrained weights, if any."""
+    return model.encoder if isinstance(model, LiteUNet) and config.model.pretrained else None
+
+
+def build_optimizer(model: nn.Module, config: Config) -> tuple[torch.optim.Optimizer, list[bool]]:
+    """AdamW; no weight decay on biases and norm parameters (decaying them only hurts).
+
+    A pretrained encoder's parameters get groups of their own, so that their learning rate can
+    be scaled; the second value says which groups those are.
+    """
+    encoder = pretrained_encoder(model, config)
+    in_encoder = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+    groups, is_encoder = [], []
+    for part in (True, False) if in_encoder else (False,):
+        params = [p for p in model.parameters() if (id(p) in in_encoder) == part]
+        for decayed in (True, False):
+            groups.append(
+                {
+                    "params": [p for p in params if (p.ndim > 1) == decayed],
+                    "weight_decay": config.train.weight_decay if decayed else 0.0,
+                }
+            )
+            is_encoder.append(part)
+    return torch.optim.AdamW(groups, lr=config.train.base_lr), is_encoder
+
+
+def encoder_lr_scale(train: TrainConfig, step: int) -> float:
+    """The pretrained encoder's share of the learning rate at ``step`` (0 while frozen)."""
+    return 0.0 if step < train.freeze_encoder_steps else train.encoder_lr_scale
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -149,9 +171,9 @@ class Trainer:
         barrier(self.rt)
         if not self.rt.is_main:
             self.data = prepare_data(config, self.class_set, progress=False)
-        self.model = self._build_model()
+        self.model = self._build_model(pretrained=not resume)
         self.ema = self._new_average()
-        self.optimizer = build_optimizer(self.model, config)
+        self.optimizer, self.encoder_groups = build_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler(
             self.rt.device.type, enabled=self.rt.amp_dtype == torch.float16
         )
@@ -207,8 +229,8 @@ class Trainer:
             )
         return weights
 
-    def _build_model(self) -> nn.Module:
-        model = ckpt.build_model(self.config, self.class_set.num_classes)
+    def _build_model(self, pretrained: bool) -> nn.Module:
+        model = build_model(self.config, self.class_set.num_classes, pretrained)
         if self.config.train.sync_batchnorm and self.rt.distributed:
             model = convert_sync_batchnorm(model, self.rt.device)
         model = model.to(self.rt.device)
@@ -351,8 +373,9 @@ class Trainer:
         """Accumulate ``accum_steps`` micro-batches, clip, and step (or skip a non-finite step)."""
         t, rt = self.config.train, self.rt
         lr = self.schedule(self.step, self.budget_progress())
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        encoder_scale = encoder_lr_scale(t, self.step)
+        for group, in_encoder in zip(self.optimizer.param_groups, self.encoder_groups):
+            group["lr"] = lr * encoder_scale if in_encoder else lr
         self.forward_model.train()
         # A skipped step must leave the model as it was, BatchNorm statistics included.
         buffers = [b.detach().clone() for b in self.model.buffers()]
@@ -362,8 +385,6 @@ class Trainer:
             x, y = prepare_batch(
                 images.to(rt.device, non_blocking=True),
                 masks.to(rt.device, non_blocking=True),
-                self.config.data.mean,
-                self.config.data.std,
                 self.config.augment,
                 step_generator(t.seed, self.step, micro, rt.rank),
             )
@@ -422,8 +443,6 @@ class Trainer:
             loader,
             self.class_set,
             self.rt,
-            self.config.data.mean,
-            self.config.data.std,
             self.loss_fn,
             max_batches,
         )
@@ -436,8 +455,7 @@ class Trainer:
         if count == 0 or not self.rt.is_main:
             return
         pairs = [val[i] for i in range(count)]
-        mean, std = self.config.data.mean, self.config.data.std
-        rows = comparison_rows(ckpt.unwrap(self.eval_model), pairs, self.rt, mean, std)
+        rows = comparison_rows(ckpt.unwrap(self.eval_model), pairs, self.rt)
         grid = viz.comparison_grid(rows, self.class_set)
         grid = np.concatenate([grid, viz.legend_strip(self.class_set, grid.shape[1])], axis=0)
         viz.save_image(grid, self.run_dir / "snapshots" / f"step_{self.step:07d}.png")

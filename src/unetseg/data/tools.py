@@ -249,8 +249,6 @@ def _augmented(
     x, y = prepare_batch(
         torch.from_numpy(rgb.copy())[None],
         torch.from_numpy(train_ids.copy())[None],
-        (0.0, 0.0, 0.0),
-        (1.0, 1.0, 1.0),
         augment,
         generator,
     )

@@ -1,9 +1,9 @@
-"""Batched augmentation and normalisation on the training device.
+"""Batched augmentation on the training device: uint8 batches in, [0, 1] float images out (the
+model normalises them itself).
 
-Photometric changes (colour jitter, then gamma, blur and noise) act on the image alone, before
-normalisation. Geometry (random scale + crop, horizontal flip, optionally a smaller output crop)
+Photometric changes (colour jitter, then gamma, blur and noise) act on the image alone. Geometry (random scale + crop, horizontal flip, optionally a smaller output crop)
 is one affine resampling per image, bilinear for the image and nearest for the mask, so the two
-stay aligned; pixels brought in from outside the image are ignored in the mask. Random parameters
+stay aligned; pixels brought in from outside the image are mid-grey and ignored in the mask. Random parameters
 come from a generator the caller seeds per step, which makes resumed runs repeat their augmentation
 exactly.
 """
@@ -11,7 +11,6 @@ exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,20 +19,14 @@ from unetseg.config import AugmentConfig
 from unetseg.data.classes import IGNORE_INDEX
 
 
-def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (N, H, W, 3) or float [0, 1] (N, 3, H, W) -> normalised float (N, 3, H, W)."""
-    if images.dtype == torch.uint8:
-        images = images.permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
-    return (images - m) / s
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1], what every model takes."""
+    return images.permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def prepare_batch(
     images: torch.Tensor,
     masks: torch.Tensor,
-    mean: Sequence[float],
-    std: Sequence[float],
     augment: AugmentConfig | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,15 +35,12 @@ def prepare_batch(
     With ``augment`` (training), colour jitter and a random scale/crop/flip are applied; the output
     is ``augment.crop`` sized when that is set.
     """
-    x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    y = masks.long()
+    x, y = to_model_input(images), masks.long()
     if augment is not None and augment.enabled:
         x = _colour_jitter(x, augment, generator)
         x = _camera_effects(x, augment, generator)
-        x = normalise(x, mean, std)
         x, y = _scale_crop_flip(x, y, augment, generator)
-        return x, y
-    return normalise(x, mean, std), y
+    return x, y
 
 
 def _uniform(n: int, spread: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -139,7 +129,9 @@ def _scale_crop_flip(
     theta[:, 1, 1] = extent[1]
     theta[:, 0, 2], theta[:, 1, 2] = shift[0], shift[1]
     grid = F.affine_grid(theta.to(x.device), [n, channels, crop_h, crop_w], align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # Pixels from outside the image become mid-grey (ignored in the mask, but seen as context).
+    x = F.grid_sample(x - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = x + 0.5
     # Shift the mask by one so that padding (0) is distinguishable, then mark it ignored.
     shifted = (y + 1).unsqueeze(1).float()
     y = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
