@@ -5,7 +5,7 @@
 
 An allocator is fixed when a process starts, so each measurement runs in a fresh process (this
 script with ``--child``): the system allocator, and mimalloc preloaded as ``unetseg`` does it
-(``unetseg.allocator``). The two alternate for ``--rounds`` rounds; each child reports the median of
+(``unetseg.core.allocator``). The two alternate for ``--rounds`` rounds; each child reports the median of
 5 training steps (bf16 autocast where native + channels_last, cross-entropy, AdamW) and 5 batch-1
 inferences after 3 warm-up calls, plus its system CPU time (page faults show up there).
 """
@@ -23,15 +23,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import Output
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import Output  # noqa: E402
-
-from unetseg.allocator import PRELOADED, mimalloc_library  # noqa: E402
-from unetseg.cli import parse_size  # noqa: E402
-from unetseg.model import UNet  # noqa: E402
-from unetseg.runtime import select_precision  # noqa: E402
+from unetseg.commands.cli import parse_size
+from unetseg.core.allocator import PRELOADED, mimalloc_library
+from unetseg.core.model import UNet
+from unetseg.core.runtime import select_precision
 
 
 def parse_args() -> argparse.Namespace:

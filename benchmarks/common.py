@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from unetseg.config import load_config
-from unetseg.runtime import cpu_supports_bf16
-from unetseg.train import Trainer
+from unetseg.core.config import load_config
+from unetseg.core.runtime import cpu_supports_bf16
+from unetseg.engine.train import Trainer
 
 
 def alternating_rates(

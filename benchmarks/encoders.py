@@ -17,21 +17,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import Output, alternating_rates, machine, trainer_for
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import Output, alternating_rates, machine, trainer_for  # noqa: E402
-
-from unetseg.allocator import use_fast_allocator  # noqa: E402
-from unetseg.cli import parse_size  # noqa: E402
-from unetseg.runtime import cpu_supports_bf16  # noqa: E402
-from unetseg.train import Trainer  # noqa: E402
+from unetseg.commands.cli import parse_size
+from unetseg.core.allocator import use_fast_allocator
+from unetseg.core.runtime import cpu_supports_bf16
+from unetseg.engine.train import Trainer
 
 MODELS = {
     "residual (recipe S)": ["model.encoder=residual", "model.blocks=[2,2,2,2]"],

@@ -79,7 +79,7 @@ data=(
     "data.synthetic_train=$SCENES"
     "data.synthetic_val=40"
 )
-"$PY" -m unetseg.cli prepare "${data[@]}"
+"$PY" -m unetseg prepare "${data[@]}"
 
 # Steps for ~TRAIN_SECONDS at the end-to-end rate speed.py measured (else 2000); timeout stops
 # the run anyway (it then saves a checkpoint and exits; log.jsonl keeps its rows).
@@ -100,7 +100,7 @@ stage "training: $steps steps, width 64, batch $BATCH, precision auto (limit $((
 run="$WORK/run"
 rm -rf "$run"
 set +e
-timeout "$((TRAIN_SECONDS + 50))" "$PY" -m unetseg.cli train --out "$run" "${data[@]}" \
+timeout "$((TRAIN_SECONDS + 50))" "$PY" -m unetseg train --out "$run" "${data[@]}" \
     model.width=64 "train.batch_size=$BATCH" train.accum_steps=1 train.precision=auto \
     train.device=cuda "train.training_iterations=$steps" train.log_interval=20 \
     "train.eval_interval=$steps" "train.save_model_interval=$steps" \

@@ -13,19 +13,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Output, alternating_rates, machine
 
-from common import Output, alternating_rates, machine  # noqa: E402
-
-from unetseg.cli import parse_size  # noqa: E402
-from unetseg.config import load_config  # noqa: E402
-from unetseg.data.loader import StreamBatchSampler, train_loader  # noqa: E402
-from unetseg.data.transforms import prepare_batch  # noqa: E402
-from unetseg.train import Trainer, step_generator  # noqa: E402
+from unetseg.commands.cli import parse_size
+from unetseg.core.config import load_config
+from unetseg.data.loader import StreamBatchSampler, train_loader
+from unetseg.data.transforms import prepare_batch
+from unetseg.engine.train import Trainer, step_generator
 
 
 def main() -> None:

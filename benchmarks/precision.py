@@ -20,19 +20,16 @@ import argparse
 import itertools
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Output, alternating_rates, machine, trainer_for
 
-from common import Output, alternating_rates, machine, trainer_for  # noqa: E402
-
-from unetseg.allocator import use_fast_allocator  # noqa: E402
-from unetseg.cli import parse_size  # noqa: E402
-from unetseg.config import load_config  # noqa: E402
-from unetseg.train import Trainer, train  # noqa: E402
-from unetseg.viz import plot_curves  # noqa: E402
+from unetseg.commands.cli import parse_size
+from unetseg.core.allocator import use_fast_allocator
+from unetseg.core.config import load_config
+from unetseg.engine.train import Trainer, train
+from unetseg.engine.viz import plot_curves
 
 FP32 = ["train.precision=fp32", "train.channels_last=off"]
 FP32_CHANNELS_LAST = ["train.precision=fp32", "train.channels_last=on"]

@@ -35,16 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Output, machine
 
-from common import Output, machine  # noqa: E402
-
-from unetseg.allocator import use_fast_allocator  # noqa: E402
-from unetseg.checkpoint import config_of, load_checkpoint  # noqa: E402
-from unetseg.cli import parse_scales  # noqa: E402
-from unetseg.config import Config, load_config  # noqa: E402
-from unetseg.evaluate import evaluate_checkpoint  # noqa: E402
-from unetseg.train import train  # noqa: E402
+from unetseg.commands.cli import parse_scales
+from unetseg.commands.evaluate import evaluate_checkpoint
+from unetseg.core.allocator import use_fast_allocator
+from unetseg.core.checkpoint import config_of, load_checkpoint
+from unetseg.core.config import Config, load_config
+from unetseg.engine.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT = ["0001TP*"]  # the street the cross-sequence check never trains on

@@ -43,7 +43,6 @@ import json
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -54,24 +53,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from common import Output, alternating_rates, machine, median_rate
 from PIL import Image
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import Output, alternating_rates, machine, median_rate  # noqa: E402
-
-from unetseg.cli import parse_size  # noqa: E402
-from unetseg.config import Config, load_config  # noqa: E402
-from unetseg.data.classes import IGNORE_INDEX, ClassSet, load_class_set  # noqa: E402
-from unetseg.data.io import Sample  # noqa: E402
-from unetseg.data.loader import StreamBatchSampler, train_loader  # noqa: E402
-from unetseg.data.sources import ensure_synthetic, find_samples  # noqa: E402
-from unetseg.data.transforms import to_model_input  # noqa: E402
-from unetseg.model import UNet  # noqa: E402
-from unetseg.runtime import select_device, select_precision  # noqa: E402
-from unetseg.train import Trainer, build_optimizer  # noqa: E402
+from unetseg.commands.cli import parse_size
+from unetseg.core.classes import IGNORE_INDEX, ClassSet, load_class_set
+from unetseg.core.config import Config, load_config
+from unetseg.core.model import UNet
+from unetseg.core.runtime import select_device, select_precision
+from unetseg.data.io import Sample
+from unetseg.data.loader import StreamBatchSampler, train_loader
+from unetseg.data.sources import ensure_synthetic, find_samples
+from unetseg.data.transforms import to_model_input
+from unetseg.engine.train import Trainer, build_optimizer
 
 PREDICT_SIZE = (1024, 512)  # (width, height) of the images given to the predict path
 PREDICT_BATCH = 4  # the CLI's default --batch-size
@@ -445,7 +441,8 @@ def predict_throughput(
     args: argparse.Namespace, checkpoint: Path, folder: Path, device: str
 ) -> float:
     """Images/s of ``predict_paths`` over the folder: decode, resize, model, upsample, write."""
-    from unetseg.predict import Predictor, predict_paths
+    from unetseg.commands.predict import predict_paths
+    from unetseg.engine.inference import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint, device)
     output = args.work / "predict-out"
@@ -461,8 +458,8 @@ def predict_throughput(
 
 def onnx_vs_torch(args: argparse.Namespace, checkpoint: Path) -> dict[str, float] | None:
     """Batch-1 images/s of ONNX Runtime and torch eager on the CPU, same input."""
-    from unetseg.export import export_onnx
-    from unetseg.predict import Predictor
+    from unetseg.engine.export import export_onnx
+    from unetseg.engine.inference import Predictor
 
     try:
         import onnxruntime  # noqa: F401

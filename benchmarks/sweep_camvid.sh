@@ -32,7 +32,7 @@ common=(
     data.val_split=train "data.val_filter=['0001TP*']" "data.train_filter=['0006R0*','0016E5*']"
     "${every[@]}"
 )
-"$PY" -m unetseg.cli prepare "${common[@]}" || exit 1 # the cache once, not by each run
+"$PY" -m unetseg prepare "${common[@]}" || exit 1 # the cache once, not by each run
 names=()
 for variant in "$@"; do
     [[ $variant == *=* ]] || variant+="=" # a bare NAME: the recipe as it is
@@ -40,7 +40,7 @@ for variant in "$@"; do
     names+=("$name")
     read -ra overrides <<<"${variant#*=}"
     rm -rf "${runs:?}/$name" "$runs/$name.log" # this name's earlier run only
-    timeout "$limit" "$PY" -m unetseg.cli train --out "$runs/$name" "${common[@]}" \
+    timeout "$limit" "$PY" -m unetseg train --out "$runs/$name" "${common[@]}" \
         "train.training_iterations=$steps" train.eval_interval=250 \
         "train.save_model_interval=$steps" train.snapshot_interval=1000000 train.log_interval=50 \
         "train.device=${DEVICE:-cuda}" "${overrides[@]}" >"$runs/$name.log" 2>&1 &

@@ -36,7 +36,7 @@ predictions="${PREDICTIONS:-}"
 uri="$("$python" -c '
 import sys
 from pathlib import Path
-from unetseg.report import write_report
+from unetseg.engine.report import write_report
 run, predictions = Path(sys.argv[1]), sys.argv[2]
 extra = {"predictions": Path(predictions)} if predictions else None
 report = write_report(run, extra)

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from unetseg.allocator import PRELOADED, mimalloc_library
+from unetseg.core.allocator import PRELOADED, mimalloc_library
 
 PROBE = (
-    "import os; from unetseg.allocator import use_fast_allocator; use_fast_allocator(); "
+    "import os; from unetseg.core.allocator import use_fast_allocator; use_fast_allocator(); "
     "maps = open('/proc/self/maps').read(); "
     "print('libmimalloc' in maps, os.environ.get('MIMALLOC_PURGE_DELAY'), "
     "os.environ.get('LD_PRELOAD', '').count('libmimalloc'))"

@@ -11,9 +11,7 @@ from cityscapesscripts.helpers.labels import labels as CITYSCAPES_LABELS
 from cityscapesscripts.helpers.labels import name2label, trainId2label
 from PIL import Image
 
-from unetseg.data.cache import prepare_split
-from unetseg.data.cityscapes import find_cityscapes
-from unetseg.data.classes import (
+from unetseg.core.classes import (
     IGNORE_INDEX,
     ClassSet,
     camvid11,
@@ -21,6 +19,8 @@ from unetseg.data.classes import (
     cityscapes24,
     load_class_set,
 )
+from unetseg.data.cache import prepare_split
+from unetseg.data.cityscapes import find_cityscapes
 from unetseg.data.io import read_mask_values
 
 SAMPLE_STEM = "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine"

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from unetseg.config import ConfigError, load_config
-from unetseg.model import build_model
+from unetseg.core.config import ConfigError, load_config
+from unetseg.core.model import build_model
 
 SHIPPED_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -40,10 +40,10 @@ def test_defaults_yaml_and_overrides(tmp_path):
         (["train.precision=fp8"], r"train.precision: 'fp8' is not one of"),
         (["model.encoder=resnet"], r"model.encoder: 'resnet' is not one of plain, residual"),
         (["model.blocks=[2,2,2]"], r"model.blocks: need four counts of at least 1"),
-        (["model.full_resolution=true"], r"model.full_resolution: only for model.encoder=resid"),
+        (["model.full_resolution=true"], r"model.full_resolution: only for the residual encoder"),
         (
             ["model.encoder=residual", "model.full_resolution=true", "model.width=1"],
-            r"model.full_resolution: needs model.width >= 2 .*got 1",
+            r"model.full_resolution: needs a width of at least 2 .*got 1",
         ),
         (["model.input_norm=batch"], r"model.input_norm: 'batch' is not one of"),
         (["train.average_from=1.0"], r"train.average_from: must be in \[0, 1\), got 1.0"),

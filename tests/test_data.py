@@ -16,15 +16,15 @@ import torch
 from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
 
-from unetseg.config import AugmentConfig, DataConfig
+from unetseg.core.classes import IGNORE_INDEX, ClassSet, camvid11, cityscapes19, cityscapes24
+from unetseg.core.config import AugmentConfig, DataConfig
 from unetseg.data import cache
 from unetseg.data.cache import CachedSplit, check_samples, prepare_split
-from unetseg.data.classes import IGNORE_INDEX, ClassSet, camvid11, cityscapes19, cityscapes24
 from unetseg.data.folders import find_folders
 from unetseg.data.io import DataError, Sample, read_mask_values, read_rgb
 from unetseg.data.loader import StreamBatchSampler
 from unetseg.data.sources import find_samples
-from unetseg.data.tools import rare_class_weights
+from unetseg.data.statistics import rare_class_weights
 from unetseg.data.transforms import gaussian_blur, prepare_batch
 
 # ---------------------------------------------------------------- finding samples

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unetseg.cli import main
-from unetseg.config import AugmentConfig, DataConfig
-from unetseg.data import tools
-from unetseg.data.classes import ClassSet, camvid11, cityscapes19, load_class_set
+from unetseg.commands import data as data_command
+from unetseg.commands.cli import main
+from unetseg.commands.data import plot_stats, show_samples, stats_table
+from unetseg.core.classes import ClassSet, camvid11, cityscapes19, load_class_set
+from unetseg.core.config import AugmentConfig, DataConfig
 from unetseg.data.folders import find_folders
 from unetseg.data.io import DataError, Sample
 from unetseg.data.sources import find_samples
-from unetseg.data.tools import ClassStats, class_stats, plot_stats, show_samples, stats_table
-from unetseg.viz import legend_strip
+from unetseg.data.statistics import ClassStats, class_stats
+from unetseg.engine.viz import legend_strip
 
 # Pixel shares of CamVid train listed in shared/data/README.md.
 CAMVID_TRAIN_SHARES = {
@@ -166,7 +167,7 @@ def test_show_samples_shrinks_wide_frames_by_default(
     synthetic_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
     """Frames wider than MAX_PANEL_WIDTH are shown at that width, aspect kept."""
-    monkeypatch.setattr(tools, "MAX_PANEL_WIDTH", 48)  # the scenes are 128x64
+    monkeypatch.setattr(data_command, "MAX_PANEL_WIDTH", 48)  # the scenes are 128x64
     samples = find_samples(DataConfig(kind="cityscapes", root=str(synthetic_root)), "train")
     classes = cityscapes19()
     path = show_samples(samples, classes, 2, tmp_path / "grid.png")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from unetseg.ema import WeightAverage
-from unetseg.model import ResUNet
+from unetseg.core.ema import WeightAverage
+from unetseg.core.model import ResUNet
 
 
 def small_model() -> nn.Module:

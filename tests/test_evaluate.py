@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from unetseg import checkpoint as ckpt
-from unetseg.cli import main
-from unetseg.config import from_dict
-from unetseg.data.classes import camvid11
-from unetseg.evaluate import evaluate_checkpoint
-from unetseg.model import build_model
+from unetseg.commands.cli import main
+from unetseg.commands.evaluate import evaluate_checkpoint
+from unetseg.core import checkpoint as ckpt
+from unetseg.core.classes import camvid11
+from unetseg.core.config import from_dict
+from unetseg.core.model import build_model
 
 CONSTANT = 3  # the class the test model always predicts
 
@@ -101,4 +101,4 @@ def test_test_time_augmentation_needs_full_resolution(constant_setup, tmp_path, 
         evaluate_checkpoint(checkpoint, out=tmp_path / "out", device="cpu", tta=True)
     code = main(["evaluate", "--checkpoint", str(checkpoint), "--tta", "flip"])
     assert code == 2
-    assert "--full-res only" in capsys.readouterr().err
+    assert "full-resolution scoring only (evaluate --full-res)" in capsys.readouterr().err

@@ -11,12 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from unetseg.checkpoint import FORMAT, model_from_checkpoint, save_checkpoint
-from unetseg.config import from_dict
-from unetseg.data.classes import cityscapes19
-from unetseg.export import export_onnx
-from unetseg.model import build_model
-from unetseg.predict import Predictor, predict_paths
+from unetseg.commands.predict import predict_paths
+from unetseg.core.checkpoint import FORMAT, CheckpointError, model_from_checkpoint, save_checkpoint
+from unetseg.core.classes import cityscapes19
+from unetseg.core.config import from_dict
+from unetseg.core.model import build_model
+from unetseg.engine.export import export_onnx
+from unetseg.engine.inference import Predictor
 
 
 @pytest.fixture(scope="module", params=["plain", "residual", "residual_full_resolution"])
@@ -102,3 +103,15 @@ def test_predict_paths_with_onnx(exported: tuple[Path, Path], tmp_path: Path) ->
     with Image.open(tmp_path / "out" / "b_labelIds.png") as image:
         assert image.size == (50, 90)
         assert set(np.unique(np.asarray(image)).tolist()) <= set(cityscapes19().label_ids or ())
+
+
+def test_an_onnx_model_exported_for_normalised_inputs_is_refused(
+    exported: tuple[Path, Path],
+) -> None:
+    """Exports from before models normalised their own inputs took normalised images: fed [0, 1]
+    images they would be silently wrong, so their metadata (no "input") is refused."""
+    _, path = exported
+    meta = json.loads(path.with_suffix(".json").read_text())
+    del meta["input"]
+    with pytest.raises(CheckpointError, match="older unetseg .* export the checkpoint again"):
+        Predictor.from_onnx(path, meta)

@@ -15,23 +15,23 @@ import pytest
 import torch
 from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image
-
 from test_train import final_weights, tiny_overrides
-from unetseg import efficientnet_lite
-from unetseg.checkpoint import FORMAT, model_from_checkpoint, save_checkpoint
-from unetseg.config import ConfigError, from_dict, load_config, normalisation
-from unetseg.data.classes import camvid11
-from unetseg.efficientnet_lite import (
+
+from unetseg.core import efficientnet_lite
+from unetseg.core.checkpoint import FORMAT, model_from_checkpoint, save_checkpoint
+from unetseg.core.classes import camvid11
+from unetseg.core.config import ConfigError, from_dict, load_config, normalisation
+from unetseg.core.efficientnet_lite import (
     LiteEncoder,
     WeightsError,
     load_imagenet_weights,
     weights_file,
 )
-from unetseg.encoders import IMAGENET_MEAN, LITE_ENCODERS, LITE_MEAN, LITE_STD
-from unetseg.export import export_onnx
-from unetseg.model import LiteUNet, build_model
-from unetseg.predict import Predictor, predict_image
-from unetseg.train import Trainer, TrainingInterrupted, train
+from unetseg.core.encoders import IMAGENET_MEAN, LITE_ENCODERS, LITE_MEAN, LITE_STD
+from unetseg.core.model import LiteUNet, build_model
+from unetseg.engine.export import export_onnx
+from unetseg.engine.inference import Predictor, predict_image
+from unetseg.engine.train import Trainer, TrainingInterrupted, train
 
 LITE = {"model.encoder": "efficientnet_lite0", "model.pretrained": "false", "model.width": 4}
 

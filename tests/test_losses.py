@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unetseg.losses import SegmentationLoss
+from unetseg.core.losses import SegmentationLoss
 
 IGNORE = 255
 C = 4

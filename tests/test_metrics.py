@@ -14,7 +14,7 @@ from cityscapesscripts.helpers.labels import trainId2label
 from PIL import Image
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from unetseg.metrics import ConfusionMatrix, SegmentationScores
+from unetseg.core.metrics import ConfusionMatrix, SegmentationScores
 
 IGNORE = 255
 NUM_CITYSCAPES_CLASSES = 19

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from unetseg.model import ResidualBlock, ResUNet, UNet, count_parameters
+from unetseg.core.model import ResidualBlock, ResUNet, UNet, count_parameters
 
 TINY_MODELS = {
     "plain": lambda classes: UNet(num_classes=classes, width=4),
@@ -95,7 +95,7 @@ def test_residual_block_is_identity_plus_body():
 
 @pytest.mark.parametrize("blocks", [(2, 2, 2), (1, 0, 1, 1)])
 def test_residual_blocks_are_checked(blocks):
-    with pytest.raises(ValueError, match="blocks must be four counts"):
+    with pytest.raises(ValueError, match="blocks: need four counts"):
         ResUNet(num_classes=3, width=4, blocks=blocks)
 
 
@@ -113,7 +113,7 @@ def test_per_image_input_norm_ignores_exposure(model_class):
 
 
 def test_unknown_input_norm_is_refused():
-    with pytest.raises(ValueError, match="input_norm must be"):
+    with pytest.raises(ValueError, match="input_norm: .batch. is not one of none, per_image"):
         UNet(num_classes=3, width=4, input_norm="batch")
 
 

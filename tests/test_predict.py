@@ -10,17 +10,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from unetseg.checkpoint import FORMAT, save_checkpoint
-from unetseg.config import from_dict
-from unetseg.data.classes import ClassSet, camvid11, cityscapes19
+from unetseg.commands.predict import predict_paths
+from unetseg.core.checkpoint import FORMAT, save_checkpoint
+from unetseg.core.classes import ClassSet, camvid11, cityscapes19
+from unetseg.core.config import from_dict
+from unetseg.core.model import build_model
 from unetseg.data.transforms import to_model_input
-from unetseg.model import build_model
-from unetseg.predict import (
+from unetseg.engine.inference import (
     Predictor,
     _upsample_argmax,
     inference_size,
     predict_image,
-    predict_paths,
 )
 
 TRAIN_SIZE = (64, 32)  # (W, H)
@@ -294,3 +294,20 @@ def test_bad_test_time_scales_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         predict_image(predictor, random_image(32, 64), sliding_window=sliding, scales=scales)
+
+
+def test_checkpoints_from_before_models_normalised_their_inputs_still_load(tmp_path: Path) -> None:
+    """Such weights lack the input statistics, which then come from the run's configuration (its
+    explicit data.mean/data.std): the same predictions as with them."""
+    current = make_checkpoint(tmp_path / "current.pt", camvid11())
+    state = torch.load(current, weights_only=True)
+    state["config"]["data"] |= {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    for key in ("input_norm.mean", "input_norm.std"):
+        del state["model"][key]
+    old = tmp_path / "old.pt"
+    save_checkpoint(state, old)
+    image = random_image(64, 96)
+    masks = [
+        predict_image(Predictor.from_checkpoint(p, device="cpu"), image) for p in (current, old)
+    ]
+    assert np.array_equal(*masks)

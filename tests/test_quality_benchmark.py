@@ -29,15 +29,15 @@ def test_budgeted_run_scores_both_splits_at_full_resolution(shared_data, tmp_pat
     command = [
         sys.executable, str(REPO / "benchmarks" / "quality_camvid.py"),
         "--budget-min", "0.1", "--cross-sequence", "--out", str(run), "--device", "cpu",
-        f"data.root={camvid}", f"data.cache_dir={tmp_path / 'cache'}", "data.size=[64,48]",
-        "model.width=4", "train.warmup_steps=2", "train.eval_interval=5",
+        f"data.root={camvid}", f"data.cache_dir={tmp_path / 'cache'}", "data.size=[64,64]",
+        "augment.crop=[32,32]", "model.width=4", "train.warmup_steps=2", "train.eval_interval=5",
         "train.save_model_interval=5", "train.snapshot_interval=1000",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["budget_min"] == 0.1
-    assert summary["images_seen"] == 4 * summary["steps"] > 0
+    assert summary["images_seen"] == 8 * summary["steps"] > 0  # the recipe's batch of 8
     assert summary["checkpoint"] == str(run / "final.pt")  # held-out runs never pick by val
     assert (run / "report.html").is_file()
     val = json.loads((run / "evaluation_val" / "metrics.json").read_text())
@@ -65,7 +65,8 @@ def test_budgeted_run_scores_both_splits_at_full_resolution(shared_data, tmp_pat
         summary["cross_sequence_miou"],
     )
     assert (again["images_seen"], again["budget_min"]) == (summary["images_seen"], 0.1)
-    assert "data.size=[64, 48]" in again["overrides"] and "model.width=4" in again["overrides"]
+    assert "data.size=[64, 64]" in again["overrides"] and "model.width=4" in again["overrides"]
+    assert summary["encoder"] == again["encoder"] == "efficientnet_lite0"
     assert not any(o.startswith("data.val_filter") for o in again["overrides"])
 
 
@@ -91,7 +92,7 @@ def test_sweep_trains_each_variant_on_the_cross_sequence_split(tmp_path):
         "DEVICE": "cpu",
         "WORKERS": "0",
         "UNETSEG_CACHE": str(tmp_path / "cache"),
-        "SWEEP_OVERRIDES": "model.width=4 model.blocks=[1,1,1,1] data.size=[64,48]",
+        "SWEEP_OVERRIDES": "model.width=4 model.pretrained=false data.size=[64,64] augment.crop=[]",
     }
     command = [
         "bash", str(REPO / "benchmarks" / "sweep_camvid.sh"), "2", "300",

@@ -34,15 +34,15 @@ from PIL import Image
 from test_predict import make_checkpoint, random_image
 from test_train import tiny_overrides
 
-from unetseg import checkpoint as ckpt
-from unetseg.checkpoint import CheckpointError, load_checkpoint, load_weights
-from unetseg.cli import main
-from unetseg.config import from_dict, load_config, save_config
-from unetseg.data.classes import camvid11, cityscapes19
+from unetseg.commands.cli import main
+from unetseg.core import checkpoint as ckpt
+from unetseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights
+from unetseg.core.classes import camvid11, cityscapes19
+from unetseg.core.config import from_dict, load_config, save_config
+from unetseg.core.model import build_model
 from unetseg.data.io import DataError, Sample, open_image, read_train_ids, to_rgb
-from unetseg.model import build_model
-from unetseg.predict import Predictor, predict_image
-from unetseg.train import Trainer, TrainingError, train
+from unetseg.engine.inference import Predictor, predict_image
+from unetseg.engine.train import Trainer, TrainingError, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 CHECKPOINT_FILES = ("checkpoints/step_*.pt", "best.pt", "final.pt")
@@ -151,7 +151,7 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
     started: list[Launched] = []
     counter = iter(range(1000))
 
-    def start(*args: object, module: str = "unetseg.cli", env: dict | None = None) -> Launched:
+    def start(*args: object, module: str = "unetseg", env: dict | None = None) -> Launched:
         command = [sys.executable, "-m", module, *map(str, args)]
         log = tmp_path / f"process_{next(counter)}.log"
         launched = Launched(command, log, env or ENV, tmp_path)
@@ -169,7 +169,7 @@ def ddp_train(launch) -> Iterator[tuple[Callable[..., Launched], str]]:
     kills any worker left at the end."""
     tag = uuid.uuid4().hex  # torchrun puts each worker in its own session: found by this tag
     env = {**ENV, "UNETSEG_DIST_TIMEOUT": "30", "UNETSEG_TEST_TAG": tag, "PYTHONFAULTHANDLER": "1"}
-    torchrun = ["--standalone", "--nproc_per_node=2", "-m", "unetseg.cli", "train"]
+    torchrun = ["--standalone", "--nproc_per_node=2", "-m", "unetseg", "train"]
 
     def start(*args: object) -> Launched:
         return launch(*torchrun, *args, module="torch.distributed.run", env=env)
@@ -361,7 +361,7 @@ def test_kill_mid_write_keeps_config_yaml_and_resume_drops_temporaries(
 ) -> None:
     """Fault 1 (details): files a killed run was writing are removed on resume, and a kill while
     config.yaml is rewritten at a (re)start keeps the old one (--resume reads it)."""
-    import unetseg.train as train_module
+    import unetseg.engine.train as train_module
 
     config = load_config(
         None, tiny_overrides(synthetic_root, tmp_path / "cache", **{"train.training_iterations": 2})
@@ -449,7 +449,7 @@ def test_one_non_finite_step_is_skipped_counted_and_training_goes_on(
 ) -> None:
     """Fault 4: one step whose forward pass overflows (NaN activations) changes nothing, not even
     the BatchNorm statistics; it is counted in log.jsonl and the run finishes."""
-    import unetseg.train as train_module
+    import unetseg.engine.train as train_module
 
     config = load_config(None, tiny_overrides(synthetic_root, tmp_path / "cache"))
     poison = {"on": False}
@@ -738,12 +738,12 @@ def test_bad_config_on_the_command_line(tmp_path: Path, capsys, args, expected):
 
 
 def test_bad_config_in_a_real_process(tmp_path: Path) -> None:
-    """Bad input 7: the same through `python -m unetseg.cli`: exit status 2, one stderr line."""
+    """Bad input 7: the same through `python -m unetseg`: exit status 2, one stderr line."""
     completed = subprocess.run(
         [
             sys.executable,
             "-m",
-            "unetseg.cli",
+            "unetseg",
             "train",
             "train.batch_size=0",
             f"data.root={MISSING}",

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unetseg.report import pick_snapshots, write_report
+from unetseg.engine.report import pick_snapshots, write_report
 
 SECTION_IDS = ["summary", "config", "curves", "per-class", "confusion", "snapshots", "predictions"]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -159,7 +159,7 @@ def test_pick_snapshots_keeps_the_first_and_the_newest() -> None:
 def test_report_renders_in_headless_chromium(fake_run: Path, tmp_path: Path) -> None:
     if not CHROMIUM.is_file():
         pytest.skip("chromium not installed")
-    from unetseg import viz
+    from unetseg.engine import viz
 
     # real matplotlib charts, as a run has them, so the render has many colours to show
     viz.plot_curves(

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from unetseg.schedule import Schedule
+from unetseg.core.schedule import Schedule
 
 ORIGINAL = Schedule(base_lr=1e-3, min_lr=1e-4, warmup_steps=100, total_steps=1250, decay_factor=5e8)
 

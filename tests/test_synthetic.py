@@ -10,7 +10,7 @@ import pytest
 from cityscapesscripts.helpers.labels import id2label, name2label
 from PIL import Image
 
-from unetseg import parallel
+from unetseg.core import parallel
 from unetseg.data.synthetic import CITIES, render_scene, synthesize
 
 SIZE = (128, 64)

@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unetseg.checkpoint import load_checkpoint, model_from_checkpoint
-from unetseg.config import load_config
-from unetseg.data.tools import PRESENT_SHARE, stats_of_masks
-from unetseg.train import Trainer, TrainingError, TrainingInterrupted, train
+from unetseg.core.checkpoint import load_checkpoint, model_from_checkpoint
+from unetseg.core.config import load_config
+from unetseg.data.statistics import PRESENT_SHARE, stats_of_masks
+from unetseg.engine.train import Trainer, TrainingError, TrainingInterrupted, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -262,7 +262,7 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(synthetic_root
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "unetseg.cli",
+        "unetseg",
         "train",
         "--out",
         str(tmp_path / "ddp"),
@@ -318,7 +318,7 @@ def test_two_processes_under_a_time_budget_stop_together(synthetic_root, tmp_pat
     extra |= {f"train.{k}_interval": 10_000 for k in ("eval", "save_model", "snapshot")}
     overrides = tiny_overrides(synthetic_root, tmp_path / "cache", **extra)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    command += ["-m", "unetseg.cli", "train", "--out", str(tmp_path / "ddp"), *overrides]
+    command += ["-m", "unetseg", "train", "--out", str(tmp_path / "ddp"), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert completed.returncode == 0, completed.stderr[-3000:]

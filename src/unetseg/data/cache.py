@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unetseg.data.classes import ClassSet
+from unetseg.core.classes import ClassSet
+from unetseg.core.parallel import parallel_map
+from unetseg.core.runtime import sigterm_as_interrupt
 from unetseg.data.io import DataError, Sample, read_pair, resize_pair
-from unetseg.parallel import parallel_map
-from unetseg.runtime import sigterm_as_interrupt
 
 CACHE_VERSION = 1
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from unetseg.data.classes import ClassSet, cityscapes_color_to_label_id
+from unetseg.core.classes import ClassSet, cityscapes_color_to_label_id
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # Larger declared sizes are refused before decoding (decompression bombs).

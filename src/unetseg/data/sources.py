@@ -5,10 +5,11 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
-from unetseg.config import DataConfig
+from unetseg.core.config import DataConfig
 from unetseg.data.cityscapes import find_cityscapes
 from unetseg.data.folders import find_folders
 from unetseg.data.io import Sample
+from unetseg.data.synthetic import COMPLETE_MARKER, synthesize
 
 
 def find_samples(data: DataConfig, split: str, root: Path | None = None) -> list[Sample]:
@@ -30,7 +31,6 @@ def ensure_synthetic(data: DataConfig, progress: bool = True) -> None:
 
     Only for ``data.kind: synthetic``; an interrupted earlier attempt is simply written again.
     """
-    from unetseg.data.synthetic import COMPLETE_MARKER, synthesize
 
     root = Path(data.root)
     if data.kind != "synthetic" or (root / COMPLETE_MARKER).is_file():

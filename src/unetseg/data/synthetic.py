@@ -18,8 +18,8 @@ import numpy as np
 from cityscapesscripts.helpers.labels import name2label
 from PIL import Image, ImageDraw
 
-from unetseg.files import atomic_path, write_json
-from unetseg.parallel import parallel_map
+from unetseg.core.files import atomic_path, write_json
+from unetseg.core.parallel import parallel_map
 
 CITIES: tuple[str, ...] = ("synthburg", "pixelton", "rendervik")
 SPLITS: tuple[str, ...] = ("train", "val")

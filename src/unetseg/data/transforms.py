@@ -15,8 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from unetseg.config import AugmentConfig
-from unetseg.data.classes import IGNORE_INDEX
+from unetseg.core.classes import IGNORE_INDEX
+from unetseg.core.config import AugmentConfig
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:

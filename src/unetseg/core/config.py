@@ -12,24 +12,41 @@ import dataclasses
 import difflib
 import math
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
-from unetseg.encoders import ENCODERS
+from unetseg.core.classes import load_class_set
+from unetseg.core.encoders import ENCODERS
 
 
 class ConfigError(ValueError):
     """A configuration problem, reported as one line naming the key or file."""
 
 
+# The allowed values of each choice, written once: the dataclasses below are typed with these,
+# and loading checks every value against its type.
+DataKind = Literal["synthetic", "cityscapes", "folders"]
+MaskType = Literal["labelIds", "color"]  # Cityscapes: *_gtFine_labelIds.png or *_color.png
+Sampling = Literal["uniform", "rare_class"]
+Encoder = Literal[tuple(ENCODERS)]  # type: ignore[valid-type]  # names from the registry
+Upsampling = Literal["transpose", "bilinear"]
+InputNorm = Literal["none", "per_image"]
+ClassWeighting = Literal["none", "median_frequency", "sqrt_median_frequency"]
+Decay = Literal["original", "poly", "cosine"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Switch = Literal["auto", "on", "off"]
+
+
 @dataclass
 class DataConfig:
     """Where the images and masks come from and how they are fed to the model."""
 
-    kind: str = "synthetic"  # synthetic | cityscapes | folders
+    kind: DataKind = "synthetic"
     root: str = "data/synthetic"
     class_set: str = "cityscapes19"  # cityscapes19 | cityscapes24 | camvid11 | path to a YAML table
     size: list[int] = field(default_factory=lambda: [512, 256])  # training width, height
@@ -37,14 +54,14 @@ class DataConfig:
     val_split: str = "val"
     train_filter: list[str] = field(default_factory=list)  # file-name globs kept in train
     val_filter: list[str] = field(default_factory=list)  # file-name globs kept in val
-    mask_type: str = "labelIds"  # cityscapes: labelIds | color
+    mask_type: MaskType = "labelIds"
     mask_dir_suffix: str = "annot"  # folders: masks of ROOT/<split> lie in ROOT/<split><suffix>
     drop_rare_classes: bool = False  # cityscapes24: drop images with rail track, tunnel, ...
     cache_dir: str = ""  # empty: ~/.cache/unetseg (or $UNETSEG_CACHE)
     num_workers: int = -1  # loader worker processes; -1: chosen for the device
     # uniform: every training image once per epoch; rare_class: images drawn so that rare classes
     # come up more often (rare-class sampling, DAFormer), sharper at lower temperature
-    sampling: str = "uniform"
+    sampling: Sampling = "uniform"
     rare_class_temperature: float = 0.01
     # input normalisation of [0, 1] RGB, applied inside the model; empty: the statistics the
     # encoder was trained with (ImageNet's; EfficientNet-Lite's own 127/128 for those encoders)
@@ -84,10 +101,10 @@ class ModelConfig:
 
     width: int = 64
     dropout: float = 0.1
-    upsampling: str = "transpose"  # transpose | bilinear
+    upsampling: Upsampling = "transpose"
     # plain (UNet) | residual (ResUNet: stride-2 stem, residual stages) | efficientnet_lite0,
     # efficientnet_lite1, efficientnet_lite2 (LiteUNet: inputs multiples of 32)
-    encoder: str = "plain"
+    encoder: Encoder = "plain"
     # EfficientNet-Lite: start the encoder from its ImageNet weights (the unetseg[pretrained] extra)
     pretrained: bool = True
     # EfficientNet-Lite: keep the encoder's batch-norm statistics fixed while training
@@ -96,7 +113,7 @@ class ModelConfig:
     # residual encoder only: a decoder level at the input's resolution (width // 2 channels) adds
     # a correction to the logits upsampled x2, for structures a pixel or two wide
     full_resolution: bool = False
-    input_norm: str = "none"  # none | per_image (standardise each image by its own mean/std)
+    input_norm: InputNorm = "none"  # per_image: standardise each image by its own mean/std
 
 
 @dataclass
@@ -106,8 +123,8 @@ class LossConfig:
     ce_weight: float = 1.0
     dice_weight: float = 1.0
     class_weights: list[float] = field(default_factory=list)  # explicit weights, one per class
-    # none | median_frequency | sqrt_median_frequency (the milder square root), from the train masks
-    class_weighting: str = "none"
+    # from the train masks; sqrt_median_frequency: the milder square root
+    class_weighting: ClassWeighting = "none"
     # < 1: the cross-entropy averages over only this share of each image's pixels, the hardest
     # (highest loss) ones; the rest, mostly large easy regions, give no cross-entropy gradient
     ce_hard_fraction: float = 1.0
@@ -127,13 +144,13 @@ class TrainConfig:
     min_lr: float = 1e-4
     warmup_steps: int = 100
     decay_factor: float = 5e8
-    decay: str = "original"  # original | poly | cosine
+    decay: Decay = "original"
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | mps
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    channels_last: str = "auto"  # auto | on | off
+    device: Device = "auto"
+    precision: Precision = "auto"
+    channels_last: Switch = "auto"
     compile: bool = False
     sync_batchnorm: bool = False
     snapshot_interval: int = 100
@@ -162,21 +179,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of the configuration (YAML/JSON-ready)."""
         return dataclasses.asdict(self)
-
-
-CHOICES = {
-    "data.kind": ("synthetic", "cityscapes", "folders"),
-    "data.mask_type": ("labelIds", "color"),
-    "data.sampling": ("uniform", "rare_class"),
-    "model.upsampling": ("transpose", "bilinear"),
-    "model.encoder": tuple(ENCODERS),
-    "model.input_norm": ("none", "per_image"),
-    "loss.class_weighting": ("none", "median_frequency", "sqrt_median_frequency"),
-    "train.decay": ("original", "poly", "cosine"),
-    "train.device": ("auto", "cpu", "cuda", "mps"),
-    "train.precision": ("auto", "fp32", "bf16", "fp16"),
-    "train.channels_last": ("auto", "on", "off"),
-}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -231,6 +233,14 @@ def _build_section(cls: type, values: Any, where: str) -> Any:
 def _coerce(value: Any, expected: Any, where: str) -> Any:
     """Check ``value`` against a simple type hint; ints are accepted where floats are expected."""
     origin = typing.get_origin(expected)
+    if origin is Literal:
+        if isinstance(value, bool) and "on" in get_args(expected):
+            value = "on" if value else "off"  # YAML 1.1 reads on/off/yes/no as booleans
+        try:
+            check_choice(value, expected, where)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        return value
     if origin is list:
         (item_type,) = typing.get_args(expected)
         if not isinstance(value, list):
@@ -243,11 +253,71 @@ def _coerce(value: Any, expected: Any, where: str) -> Any:
             return float(value)
         except ValueError:
             pass
-    if expected is str and isinstance(value, bool):
-        return "on" if value else "off"  # YAML 1.1 reads on/off/yes/no as booleans
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")
+
+
+def check_choice(value: Any, choices: Any, name: str) -> None:
+    """ValueError naming ``name`` unless ``value`` is one of the ``Literal`` type ``choices``."""
+    allowed = get_args(choices)
+    if value not in allowed:
+        raise ValueError(f"{name}: {value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def check_scales(scales: Sequence[float], sliding_window: bool = False) -> None:
+    """ConfigError unless the test-time scales lie in (0, 4], and are [1] with sliding windows
+    (which tile the image at its own resolution)."""
+    if not scales or any(not 0 < s <= 4 for s in scales):
+        raise ConfigError(f"test-time scales must lie in (0, 4], got {list(scales)}")
+    if sliding_window and list(scales) != [1.0]:
+        raise ConfigError(
+            "multi-scale test-time augmentation cannot be combined with sliding windows"
+        )
+
+
+def check_test_time_augmentation(tta: bool, scales: Sequence[float], full_res: bool) -> None:
+    """ConfigError for test-time augmentation without full-resolution scoring, whose predict
+    path is where it applies."""
+    check_scales(scales)
+    if (tta or list(scales) != [1.0]) and not full_res:
+        raise ConfigError(
+            "test-time augmentation (flip, scales) applies to full-resolution scoring only "
+            "(evaluate --full-res)"
+        )
+
+
+def check_architecture(
+    encoder: str,
+    width: int,
+    dropout: float,
+    blocks: Sequence[int] = (2, 2, 2, 2),
+    full_resolution: bool = False,
+    prefix: str = "",
+) -> None:
+    """ConfigError for model arguments no U-Net can be built with (``prefix`` names the section)."""
+    if width < 1:
+        raise ConfigError(f"{prefix}width: must be at least 1, got {width}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"{prefix}dropout: must be in [0, 1), got {dropout}")
+    if len(blocks) != 4 or min(blocks) < 1:
+        raise ConfigError(f"{prefix}blocks: need four counts of at least 1, got {list(blocks)}")
+    if full_resolution and encoder != "residual":
+        raise ConfigError(
+            f"{prefix}full_resolution: only for the residual encoder "
+            "(the plain U-Net already decodes to full resolution)"
+        )
+    if full_resolution and width < 2:
+        raise ConfigError(
+            f"{prefix}full_resolution: needs a width of at least 2 (its level has width // 2 "
+            f"channels), got {width}"
+        )
+
+
+def check_hard_fraction(fraction: float, prefix: str = "") -> None:
+    """ConfigError unless the hard-pixel share of the cross-entropy lies in (0, 1]."""
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"{prefix}ce_hard_fraction: must be in (0, 1], got {fraction}")
 
 
 def validate(config: Config) -> None:
@@ -257,11 +327,6 @@ def validate(config: Config) -> None:
             values = value if isinstance(value, list) else [value]
             if any(isinstance(v, float) and not math.isfinite(v) for v in values):
                 raise ConfigError(f"{section.name}.{key}: {value} is not a finite number")
-    for dotted, allowed in CHOICES.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(config, section), key)
-        if value not in allowed:
-            raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(allowed)}")
     d, t, a = config.data, config.train, config.augment
     factor = ENCODERS[config.model.encoder].size_factor
     if len(d.size) != 2 or any(s <= 0 or s % factor for s in d.size):
@@ -281,7 +346,6 @@ def validate(config: Config) -> None:
         "train.log_interval": t.log_interval,
         "train.keep_checkpoints": t.keep_checkpoints,
         "train.max_nonfinite_steps": t.max_nonfinite_steps,
-        "model.width": config.model.width,
         "data.synthetic_train": d.synthetic_train,
         "data.synthetic_val": d.synthetic_val,
     }
@@ -316,22 +380,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {t.ema_decay}")
     if not 0.0 <= t.average_from < 1.0:
         raise ConfigError(f"train.average_from: must be in [0, 1), got {t.average_from}")
-    if len(config.model.blocks) != 4 or min(config.model.blocks) < 1:
-        raise ConfigError(
-            f"model.blocks: need four counts of at least 1, got {config.model.blocks}"
-        )
-    if config.model.full_resolution and config.model.encoder != "residual":
-        raise ConfigError(
-            "model.full_resolution: only for model.encoder=residual "
-            "(the plain U-Net already decodes to full resolution)"
-        )
-    if config.model.full_resolution and config.model.width < 2:
-        raise ConfigError(
-            f"model.full_resolution: needs model.width >= 2 (its level has width // 2 channels), "
-            f"got {config.model.width}"
-        )
-    if not 0.0 <= config.model.dropout < 1.0:
-        raise ConfigError(f"model.dropout: must be in [0, 1), got {config.model.dropout}")
+    m = config.model
+    check_architecture(m.encoder, m.width, m.dropout, m.blocks, m.full_resolution, prefix="model.")
     if not 0 < a.scale_min <= a.scale_max:
         raise ConfigError(f"augment.scale_min/scale_max: need 0 < min <= max, got {a.scale_min}")
     spreads = {
@@ -355,10 +405,7 @@ def validate(config: Config) -> None:
         )
     _validate_encoder(config)
     _validate_classes(config)
-    if not 0.0 < config.loss.ce_hard_fraction <= 1.0:
-        raise ConfigError(
-            f"loss.ce_hard_fraction: must be in (0, 1], got {config.loss.ce_hard_fraction}"
-        )
+    check_hard_fraction(config.loss.ce_hard_fraction, prefix="loss.")
     if config.loss.ce_weight + config.loss.dice_weight <= 0:
         raise ConfigError("loss.ce_weight/dice_weight: at least one must be positive")
 
@@ -397,7 +444,6 @@ def normalisation(config: Config) -> tuple[list[float], list[float]]:
 
 
 def _validate_classes(config: Config) -> None:
-    from unetseg.data.classes import load_class_set
 
     try:
         class_set = load_class_set(config.data.class_set)

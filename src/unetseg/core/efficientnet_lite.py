@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unetseg.encoders import ENCODERS, LITE_ENCODERS
+from unetseg.core.encoders import ENCODERS, LITE_ENCODERS
 
 BN_EPS = 1e-3  # TensorFlow's batch_norm_epsilon
 BN_MOMENTUM = 0.01  # TensorFlow's batch_norm_momentum 0.99, as PyTorch counts it

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from unetseg.files import write_text
+from unetseg.core.files import write_text
 
 MAX_SNAPSHOTS = 6
 MAX_OVERLAYS = 6

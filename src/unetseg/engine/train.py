@@ -14,7 +14,6 @@ import contextlib
 import gc
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -29,24 +28,23 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from unetseg import checkpoint as ckpt
-from unetseg import viz
-from unetseg.config import Config, TrainConfig, save_config
-from unetseg.data.cache import CachedSplit, prepare_split
-from unetseg.data.classes import ClassSet, load_class_set
+from unetseg.core import checkpoint as ckpt
+from unetseg.core.classes import load_class_set
+from unetseg.core.config import Config, TrainConfig, save_config
+from unetseg.core.ema import WeightAverage
+from unetseg.core.files import atomic_path, write_json, write_text
+from unetseg.core.losses import SegmentationLoss
+from unetseg.core.model import LiteUNet, build_model
+from unetseg.core.runtime import Runtime, barrier, make_runtime, shutdown
+from unetseg.core.schedule import Schedule
+from unetseg.core.syncbn import convert_sync_batchnorm
 from unetseg.data.loader import StreamBatchSampler, default_workers, train_loader, val_loader
-from unetseg.data.sources import ensure_synthetic, find_samples
-from unetseg.data.tools import rare_class_weights, stats_of_masks
+from unetseg.data.prepare import prepare_data
+from unetseg.data.statistics import rare_class_weights, stats_of_masks
 from unetseg.data.transforms import prepare_batch
-from unetseg.ema import WeightAverage
-from unetseg.evaluate import comparison_rows, evaluate_model
-from unetseg.files import atomic_path, write_json, write_text
-from unetseg.losses import SegmentationLoss
-from unetseg.model import LiteUNet, build_model
-from unetseg.report import read_jsonl, write_report
-from unetseg.runtime import Runtime, barrier, make_runtime, shutdown
-from unetseg.schedule import Schedule
-from unetseg.syncbn import convert_sync_batchnorm
+from unetseg.engine import viz
+from unetseg.engine.evaluate import comparison_rows, evaluate_model
+from unetseg.engine.report import read_jsonl, write_report
 
 
 class TrainingError(RuntimeError):
@@ -65,36 +63,6 @@ class TrainResult:
     final_checkpoint: Path
     best_checkpoint: Path | None
     metrics: dict[str, Any]
-
-
-def cache_root(config: Config) -> Path:
-    """The cache folder: ``data.cache_dir``, else $UNETSEG_CACHE, else ~/.cache/unetseg."""
-    if config.data.cache_dir:
-        return Path(config.data.cache_dir)
-    return Path(os.environ.get("UNETSEG_CACHE", Path.home() / ".cache" / "unetseg"))
-
-
-def prepare_data(
-    config: Config,
-    class_set: ClassSet,
-    splits: tuple[str, ...] = ("train", "val"),
-    progress: bool = True,
-) -> dict[str, CachedSplit]:
-    """Synthesize (if needed), check and cache the splits; DataError lists every bad file."""
-    ensure_synthetic(config.data, progress=progress)
-    size = (config.data.size[0], config.data.size[1])
-    return {
-        split: prepare_split(
-            find_samples(config.data, split),
-            class_set,
-            size,
-            cache_root(config),
-            name=f"{Path(config.data.root).name}-{split}",
-            drop_rare=config.data.drop_rare_classes,
-            progress=progress,
-        )
-        for split in splits
-    }
 
 
 def pretrained_encoder(model: nn.Module, config: Config) -> nn.Module | None:
@@ -270,7 +238,10 @@ class Trainer:
         self.nonfinite_total = int(state["nonfinite_total"])
         self.elapsed_s = float(state.get("elapsed_s", 0.0))
         if self.ema is not None and state.get("ema"):
-            self.ema.load_state_dict(state["ema"])
+            average = state["ema"]
+            self.ema.load_state_dict(
+                {**average, "weights": ckpt.with_normalisation(self.model, average["weights"])}
+            )
         elif self.ema is not None:  # averaging switched on at this resume: start from the weights
             self.ema = self._new_average()
         self.last_checkpoint = path

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from unetseg.config import ConfigError, TrainConfig
+from unetseg.core.config import ConfigError, TrainConfig
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from unetseg.data.classes import ClassSet  # noqa: E402
-from unetseg.files import atomic_path  # noqa: E402
+from unetseg.core.classes import ClassSet  # noqa: E402
+from unetseg.core.files import atomic_path  # noqa: E402
 
 
 def colorize(train_ids: np.ndarray, class_set: ClassSet) -> np.ndarray:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
-Decay = Literal["original", "poly", "cosine"]
+from unetseg.core.config import Decay, check_choice
 
 
 @dataclass(frozen=True)
@@ -20,6 +19,9 @@ class Schedule:
     decay: Decay = "original"
     decay_factor: float = 5e8
     poly_power: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_choice(self.decay, Decay, "decay")
 
     def __call__(self, step: int, progress: float | None = None) -> float:
         """The rate at ``step``. For poly and cosine, ``progress`` (0..1, e.g. the share of a time
@@ -36,10 +38,8 @@ class Schedule:
         progress = min(1.0, max(0.0, progress))
         if self.decay == "poly":
             shape = (1.0 - progress) ** self.poly_power
-        elif self.decay == "cosine":
+        else:  # cosine
             shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-        else:
-            raise ValueError(f"unknown decay {self.decay!r}; use original, poly or cosine")
         return self.min_lr + (self.base_lr - self.min_lr) * shape
 
     def values(self) -> list[float]:

@@ -1,109 +1,29 @@
-"""Evaluation: the confusion matrix of a model over a split, and the ``unetseg evaluate`` report."""
+"""``unetseg evaluate``: a checkpoint's scores on a split, written as metrics.json, a per-class
+table and chart, the confusion matrix and the worst images."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch import nn
 from tqdm import tqdm
 
-from unetseg.data.classes import IGNORE_INDEX, ClassSet
-from unetseg.data.transforms import prepare_batch
-from unetseg.metrics import ConfusionMatrix
-from unetseg.runtime import Runtime
-
-
-def per_image_matrices(
-    prediction: torch.Tensor, target: torch.Tensor, classes: int
-) -> torch.Tensor:
-    """(N, C, C) confusion matrices of each image, from one bincount."""
-    n = target.shape[0]
-    valid = target != IGNORE_INDEX
-    image = torch.arange(n, device=target.device).view(n, *([1] * (target.ndim - 1)))
-    index = (image * classes + target) * classes + prediction
-    counts = torch.bincount(index[valid], minlength=n * classes * classes)
-    return counts.view(n, classes, classes)
-
-
-def image_miou(matrix: np.ndarray) -> float:
-    """Mean IoU of one image's confusion matrix over the classes it has or predicts."""
-    tp = np.diag(matrix).astype(np.float64)
-    union = matrix.sum(0) + matrix.sum(1) - tp
-    present = union > 0
-    return float((tp[present] / union[present]).mean()) if present.any() else math.nan
-
-
-@torch.inference_mode()
-def evaluate_model(
-    model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    class_set: ClassSet,
-    runtime: Runtime,
-    loss_fn: nn.Module | None = None,
-    max_batches: int = 0,
-    per_image: bool = False,
-) -> dict[str, Any]:
-    """Scores (and mean loss) of ``model`` over ``loader``'s uint8 batches; all ranks reduced.
-
-    Returns ``scores`` (SegmentationScores), ``loss`` (float or NaN), ``matrix`` (C x C numpy)
-    and, with ``per_image``, ``image_miou``: this rank's per-image mIoU in loader order.
-    """
-    model.eval()
-    confusion = ConfusionMatrix(class_set.num_classes, device=runtime.device)
-    loss_sum = torch.zeros(
-        2, dtype=torch.float64
-    )  # sum, batches; float64 on the CPU (MPS has none)
-    image_scores: list[float] = []
-    for index, (images, masks) in enumerate(loader):
-        if max_batches and index >= max_batches:
-            break
-        x, y = prepare_batch(images.to(runtime.device), masks.to(runtime.device))
-        with runtime.autocast():
-            logits = model(runtime.prepare_input(x))
-        prediction = logits.argmax(1)
-        confusion.update(prediction, y)
-        if loss_fn is not None:
-            loss_sum += torch.tensor([float(loss_fn(logits, y)[0]), 1.0], dtype=torch.float64)
-        if per_image:
-            matrices = per_image_matrices(prediction, y, class_set.num_classes).cpu().numpy()
-            image_scores.extend(image_miou(m) for m in matrices)
-    confusion.all_reduce()
-    if runtime.distributed:  # gloo reduces CPU tensors; NCCL needs them on the GPU
-        reduced = loss_sum.to(runtime.device)
-        dist.all_reduce(reduced)
-        loss_sum = reduced.cpu()
-    loss = float(loss_sum[0] / loss_sum[1]) if loss_sum[1] > 0 else math.nan
-    return {
-        "scores": confusion.compute(),
-        "loss": loss,
-        "matrix": confusion.matrix.cpu().numpy(),
-        "image_miou": image_scores,
-    }
-
-
-@torch.inference_mode()
-def comparison_rows(
-    model: nn.Module,
-    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    runtime: Runtime,
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(image, ground truth, prediction) arrays of cached uint8 pairs, for comparison grids."""
-    if not pairs:
-        return []
-    images = torch.stack([image for image, _ in pairs])
-    masks = torch.stack([mask for _, mask in pairs])
-    x, _ = prepare_batch(images, masks)
-    model.eval()
-    with runtime.autocast():
-        prediction = model(runtime.prepare_input(x)).argmax(1).cpu().numpy().astype(np.uint8)
-    return [(i.numpy(), m.numpy(), p) for i, m, p in zip(images, masks, prediction)]
+from unetseg.core.checkpoint import model_from_checkpoint
+from unetseg.core.config import check_test_time_augmentation, with_overrides
+from unetseg.core.files import write_json
+from unetseg.core.metrics import ConfusionMatrix
+from unetseg.core.runtime import local_runtime
+from unetseg.data.io import read_pair
+from unetseg.data.prepare import prepare_data
+from unetseg.data.sources import find_samples
+from unetseg.engine import viz
+from unetseg.engine.evaluate import comparison_rows, evaluate_model, image_miou, per_image_matrices
+from unetseg.engine.inference import Predictor, predict_image
 
 
 def evaluate_checkpoint(
@@ -125,16 +45,8 @@ def evaluate_checkpoint(
     flip averaging, and multi-scale ``scales`` apply); otherwise the cached training-size split.
     ``overrides`` (``data.val_split=val`` ...) change the run's configuration for this scoring.
     """
-    from unetseg import viz
-    from unetseg.checkpoint import model_from_checkpoint
-    from unetseg.config import with_overrides
-    from unetseg.data.io import read_pair
-    from unetseg.data.sources import find_samples
-    from unetseg.files import write_json
-    from unetseg.predict import Predictor, predict_image
-    from unetseg.runtime import local_runtime
-    from unetseg.train import prepare_data
 
+    check_test_time_augmentation(tta, scales, full_res)
     model, config, class_set = model_from_checkpoint(checkpoint)
     if data_root is not None:
         config = dataclasses.replace(
@@ -148,8 +60,6 @@ def evaluate_checkpoint(
         model = model.to(memory_format=torch.channels_last)
     out = out or checkpoint.parent / f"evaluation_{split}{'_fullres' if full_res else ''}"
     out.mkdir(parents=True, exist_ok=True)
-    if (tta or list(scales) != [1.0]) and not full_res:
-        raise ValueError("test-time augmentation (tta, scales) applies to full-resolution scoring")
 
     if full_res:
         predictor = Predictor.from_model(model, config, class_set, runtime)

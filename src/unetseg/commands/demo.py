@@ -5,7 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from unetseg.config import load_config
+from unetseg.commands.evaluate import evaluate_checkpoint
+from unetseg.commands.predict import predict_paths
+from unetseg.core.config import load_config
+from unetseg.engine.inference import Predictor
+from unetseg.engine.report import fmt_score, write_report
+from unetseg.engine.train import train
 
 # A small U-Net on small synthetic scenes: minutes on a laptop CPU, seconds on a GPU.
 DEMO_RECIPE = [
@@ -38,10 +43,6 @@ DEMO_RECIPE = [
 
 def run_demo(out: Path, overrides: list[str] | None = None) -> dict[str, Path]:
     """Run the demo into ``out``; returns (and prints) where each output lies."""
-    from unetseg.evaluate import evaluate_checkpoint
-    from unetseg.predict import Predictor, predict_paths
-    from unetseg.report import fmt_score, write_report
-    from unetseg.train import train
 
     started = time.perf_counter()
     recipe = [

@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from unetseg import __version__
-from unetseg.config import ConfigError
+from unetseg.core.config import ConfigError, Device, check_scales
+
+DEVICES = typing.get_args(Device)
 
 DEFAULT_SPLITS = ("train", "val")
 
@@ -46,13 +49,14 @@ def _positive(text: str) -> int:
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
-    """Comma-separated test-time scales in (0, 4], for argparse."""
+    """Comma-separated test-time scales (``check_scales``' rule), for argparse."""
     try:
         scales = tuple(float(v) for v in text.split(","))
+        check_scales(scales)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list like 0.75,1,1.25") from None
-    if not all(0 < s <= 4 for s in scales):
-        raise argparse.ArgumentTypeError(f"{text!r}: every scale must lie in (0, 4]")
     return scales
 
 
@@ -88,7 +92,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from unetseg.config import load_config
+    from unetseg.core.config import load_config
 
     return load_config(args.config, args.overrides)
 
@@ -103,8 +107,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from unetseg.data.classes import load_class_set
-    from unetseg.train import prepare_data
+    from unetseg.core.classes import load_class_set
+    from unetseg.data.prepare import prepare_data
 
     config = _load(args)
     for split, cached in prepare_data(config, load_class_set(config.data.class_set)).items():
@@ -113,62 +117,28 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from unetseg.data.cache import check_samples
-    from unetseg.data.classes import load_class_set
-    from unetseg.data.sources import ensure_synthetic, find_samples
+    from unetseg.commands.data import check_data
 
-    config = _load(args)
-    class_set = load_class_set(config.data.class_set)
-    ensure_synthetic(config.data)
-    total_problems = 0
-    for split in args.splits or DEFAULT_SPLITS:
-        samples = find_samples(config.data, split)
-        problems = check_samples(samples, class_set)
-        total_problems += len(problems)
-        print(f"{split}: {len(samples)} pairs, {len(problems)} problem(s)")
-        for problem in problems:
-            print(f"  {problem}")
-    return 1 if total_problems else 0
+    return check_data(_load(args), args.splits or DEFAULT_SPLITS)
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
-    from unetseg.data.classes import load_class_set
-    from unetseg.data.sources import ensure_synthetic, find_samples
-    from unetseg.data.tools import class_stats, plot_stats, stats_table
+    from unetseg.commands.data import data_stats
 
-    config = _load(args)
-    class_set = load_class_set(config.data.class_set)
-    ensure_synthetic(config.data)
-    stats = {
-        split: class_stats(find_samples(config.data, split), class_set)
-        for split in args.splits or DEFAULT_SPLITS
-    }
-    print(stats_table(stats))
-    plot_stats(stats, args.plot)
-    print(f"bar chart: {args.plot}")
+    data_stats(_load(args), args.splits or DEFAULT_SPLITS, args.plot)
     return 0
 
 
 def cmd_data_show(args: argparse.Namespace) -> int:
-    from unetseg.data.classes import load_class_set
-    from unetseg.data.sources import ensure_synthetic, find_samples
-    from unetseg.data.tools import show_samples
+    from unetseg.commands.data import show_data
 
-    config = _load(args)
-    ensure_synthetic(config.data)
-    samples = find_samples(config.data, args.split)
-    classes = load_class_set(config.data.class_set)
-    # Augmented: at the size training sees, so that the augmentation looks as it acts.
-    size = tuple(config.data.size) if args.augmented else None
-    augment = config.augment if args.augmented else None
-    path = show_samples(samples, classes, args.count, args.output, size, args.seed, augment)
-    print(f"grid: {path}")
+    show_data(_load(args), args.split, args.count, args.output, args.seed, args.augmented)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from unetseg.config import load_config
-    from unetseg.train import train
+    from unetseg.core.config import load_config
+    from unetseg.engine.train import train
 
     overrides = [*args.overrides, *([f"train.device={args.device}"] if args.device else [])]
     if args.resume:
@@ -189,10 +159,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from unetseg.evaluate import evaluate_checkpoint
+    from unetseg.commands.evaluate import evaluate_checkpoint
 
-    if not args.full_res and (args.tta != "none" or args.scales != (1.0,)):
-        raise ConfigError("evaluate: --tta and --scales apply with --full-res only")
     result = evaluate_checkpoint(
         args.checkpoint,
         args.data_root,
@@ -211,12 +179,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from unetseg.predict import Predictor, predict_paths
+    from unetseg.commands.predict import predict_paths
+    from unetseg.engine.inference import Predictor
 
     if (args.checkpoint is None) == (args.onnx is None):
         raise ConfigError("predict: give exactly one of --checkpoint or --onnx")
-    if args.sliding_window and args.scales != (1.0,):
-        raise ConfigError("predict: --scales cannot be combined with --sliding-window")
     if args.onnx is not None:
         meta_path = args.onnx.with_suffix(".json")
         if not meta_path.is_file():
@@ -246,7 +213,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from unetseg.export import export_onnx
+    from unetseg.engine.export import export_onnx
 
     path = export_onnx(args.checkpoint, args.output, opset=args.opset)
     print(f"ONNX model: {path} (metadata: {path.with_suffix('.json')})")
@@ -254,7 +221,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from unetseg.demo import run_demo
+    from unetseg.commands.demo import run_demo
 
     run_demo(args.out, args.overrides)
     return 0
@@ -363,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--device",
-        choices=["auto", "cpu", "cuda", "mps"],
+        choices=DEVICES,
         help="where to train (default: the config's train.device, auto)",
     )
     train.add_argument(
@@ -403,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--device",
         default="auto",
-        choices=["auto", "cpu", "cuda", "mps"],
+        choices=DEVICES,
         help="where to run (auto)",
     )
 
@@ -435,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--device",
         default="auto",
-        choices=["auto", "cpu", "cuda", "mps"],
+        choices=DEVICES,
         help="where to run (auto)",
     )
 
@@ -448,11 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unetseg`` console command."""
-    from unetseg.checkpoint import CheckpointError
+    from unetseg.core.checkpoint import CheckpointError
+    from unetseg.core.efficientnet_lite import WeightsError
+    from unetseg.core.runtime import sigterm_as_interrupt
     from unetseg.data.io import DataError
-    from unetseg.efficientnet_lite import WeightsError
-    from unetseg.runtime import sigterm_as_interrupt
-    from unetseg.train import TrainingError, TrainingInterrupted
+    from unetseg.engine.train import TrainingError, TrainingInterrupted
 
     args = build_parser().parse_args(argv)
     try:
@@ -471,11 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> int:
     """The ``unetseg`` console command: ``main`` under the faster allocator where available."""
-    from unetseg.allocator import use_fast_allocator
+    from unetseg.core.allocator import use_fast_allocator
 
     use_fast_allocator()  # re-executes this command once, before any work
     return main()
-
-
-if __name__ == "__main__":
-    sys.exit(entry())

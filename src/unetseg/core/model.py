@@ -21,17 +21,20 @@ start from ImageNet weights; its five levels reach 1/32, so input sides must be 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import nn
 
-from unetseg.config import Config, normalisation
-from unetseg.efficientnet_lite import LiteEncoder, load_imagenet_weights
-from unetseg.encoders import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD
-
-Upsampling = Literal["transpose", "bilinear"]
-InputNorm = Literal["none", "per_image"]
+from unetseg.core.config import (
+    Config,
+    InputNorm,
+    Upsampling,
+    check_architecture,
+    check_choice,
+    normalisation,
+)
+from unetseg.core.efficientnet_lite import LiteEncoder, load_imagenet_weights
+from unetseg.core.encoders import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD
 
 
 class DoubleConv(nn.Module):
@@ -77,28 +80,27 @@ class Up(nn.Module):
         upsampling: Upsampling,
     ) -> None:
         super().__init__()
+        check_choice(upsampling, Upsampling, "upsampling")
         half = in_channels // 2
         if upsampling == "transpose":
             self.up: nn.Module = nn.ConvTranspose2d(in_channels, half, kernel_size=2, stride=2)
-        elif upsampling == "bilinear":
+        else:
             self.up = nn.Sequential(
                 nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
                 nn.Conv2d(in_channels, half, kernel_size=1),
             )
-        else:
-            raise ValueError(f"upsampling must be 'transpose' or 'bilinear', not {upsampling!r}")
         self.conv = DoubleConv(half + skip_channels, out_channels, dropout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([skip, self.up(x)], dim=1))
 
 
-def check_arguments(num_classes: int, width: int, dropout: float) -> None:
-    """Raise ValueError for a model that cannot be built."""
-    if num_classes < 1 or width < 1:
-        raise ValueError("num_classes and width must be positive")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), not {dropout}")
+def check_classes(num_classes: int) -> None:
+    if num_classes < 1:
+        raise ValueError(f"num_classes: must be at least 1, got {num_classes}")
+
+
+NORMALISATION_KEYS = ("input_norm.mean", "input_norm.std")  # in every model's state dict
 
 
 class InputNormalisation(nn.Module):
@@ -106,8 +108,7 @@ class InputNormalisation(nn.Module):
     then standardised by its own mean and std, so that a darker or flatter exposure of the same
     scene gives the same input.
 
-    The statistics are buffers outside the state dict: they come from the configuration, so that
-    weights saved before normalisation moved into the model still load.
+    The statistics are buffers, so that saved weights carry them (``NORMALISATION_KEYS``).
     """
 
     def __init__(
@@ -116,11 +117,10 @@ class InputNormalisation(nn.Module):
         super().__init__()
         if len(mean) != len(std) or min(std) <= 0:
             raise ValueError(f"need one mean and one positive std per channel, got {mean}, {std}")
-        if input_norm not in ("none", "per_image"):
-            raise ValueError(f"input_norm must be 'none' or 'per_image', not {input_norm!r}")
+        check_choice(input_norm, InputNorm, "input_norm")
         shape = (1, len(mean), 1, 1)
-        self.register_buffer("mean", torch.tensor(mean).view(shape), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(shape), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(shape))
+        self.register_buffer("std", torch.tensor(std).view(shape))
         self.per_image = nn.InstanceNorm2d(len(mean)) if input_norm == "per_image" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,7 +180,8 @@ class UNet(nn.Module):
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
-        check_arguments(num_classes, width, dropout)
+        check_classes(num_classes)
+        check_architecture("plain", width, dropout)
         self.input_norm = InputNormalisation(mean, std, input_norm)
         w = [width * 2**i for i in range(5)]
         self.inc = DoubleConv(3, w[0], dropout)
@@ -238,11 +239,8 @@ class ResUNet(nn.Module):
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
-        check_arguments(num_classes, width, dropout)
-        if full_resolution and width < 2:
-            raise ValueError("full_resolution needs a width of at least 2")
-        if len(blocks) != 4 or min(blocks) < 1:
-            raise ValueError(f"blocks must be four counts of at least 1, not {list(blocks)}")
+        check_classes(num_classes)
+        check_architecture("residual", width, dropout, blocks, full_resolution)
         self.input_norm = InputNormalisation(mean, std, input_norm)
         w = [width * 2**i for i in range(4)]
         self.stem = nn.Sequential(
@@ -301,7 +299,8 @@ class LiteUNet(nn.Module):
         std: Sequence[float] = LITE_STD,
     ) -> None:
         super().__init__()
-        check_arguments(num_classes, width, dropout)
+        check_classes(num_classes)
+        check_architecture(encoder, width, dropout)
         self.input_norm = InputNormalisation(mean, std, input_norm)
         self.encoder = LiteEncoder(encoder)
         self.freeze_encoder_bn = freeze_encoder_bn

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unetseg.core.config import check_hard_fraction
+
 
 class SegmentationLoss(nn.Module):
     """Cross-entropy + soft Dice on softmax probabilities, both ignoring ignore_index pixels.
@@ -43,8 +45,7 @@ class SegmentationLoss(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if smooth < 0:
             raise ValueError(f"smooth must be >= 0, got {smooth}")
-        if not 0 < ce_hard_fraction <= 1:
-            raise ValueError(f"ce_hard_fraction must be in (0, 1], got {ce_hard_fraction}")
+        check_hard_fraction(ce_hard_fraction)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.ce_weight = ce_weight

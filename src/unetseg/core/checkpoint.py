@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from unetseg.config import Config, from_dict, normalisation
-from unetseg.data.classes import ClassSet
-from unetseg.encoders import ENCODERS
-from unetseg.files import atomic_path, write_text
-from unetseg.model import SegmentationNet, build_model
+from unetseg.core.classes import ClassSet
+from unetseg.core.config import Config, from_dict, normalisation
+from unetseg.core.encoders import ENCODERS
+from unetseg.core.files import atomic_path, write_text
+from unetseg.core.model import NORMALISATION_KEYS, SegmentationNet, build_model
 
 FORMAT = "unetseg-checkpoint-1"
 # What an exported model takes (model.json's "input"): normalisation happens inside it.
@@ -138,8 +138,19 @@ def model_from_checkpoint(path: Path) -> tuple[SegmentationNet, Config, ClassSet
     return model.eval(), config, class_set
 
 
+def with_normalisation(
+    model: nn.Module, weights: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``weights`` plus the model's input statistics where they lack them (weights saved before
+    models normalised their own inputs: the statistics the model was built with come from the
+    same configuration)."""
+    own = model.state_dict()
+    return {**{k: own[k] for k in NORMALISATION_KEYS if k in own and k not in weights}, **weights}
+
+
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
     """Load a state dict, explaining a mismatch of class count or architecture in one line."""
+    weights = with_normalisation(model, weights)
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch.export import Dim
 
-from unetseg.checkpoint import model_from_checkpoint, model_metadata
-from unetseg.files import atomic_path, write_json
+from unetseg.core.checkpoint import model_from_checkpoint, model_metadata
+from unetseg.core.files import atomic_path, write_json
 
 
 def export_onnx(checkpoint: Path, output: Path, opset: int = 18) -> Path:

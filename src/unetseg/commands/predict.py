@@ -1,0 +1,271 @@
+"""``unetseg predict``: colour masks, overlays and id masks for image files and folders.
+
+Images are decoded and outputs written in background threads; images of one inference size are
+predicted as one batch (``engine.inference`` does the maths).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from unetseg.core.classes import ClassSet
+from unetseg.core.config import check_scales
+from unetseg.core.runtime import sigterm_as_interrupt
+from unetseg.data.io import DataError, list_images, read_rgb
+from unetseg.engine import viz
+from unetseg.engine.inference import (
+    Predictor,
+    inference_size,
+    predict_batch,
+    predict_image,
+)
+
+OVERLAY_QUALITY = 90
+
+
+@dataclass
+class PredictReport:
+    """What a ``predict_paths`` run did: the colour file per written image, and the failures."""
+
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Job:
+    index: int
+    source: Path
+    stem: Path  # the output path without the "_color.png" etc. ending
+
+    def targets(self, class_set: ClassSet) -> list[Path]:
+        """The colour, overlay and id mask paths."""
+        ids = "labelIds" if class_set.label_ids is not None else "trainIds"
+        endings = ("color.png", "overlay.jpg", f"{ids}.png")
+        return [self.stem.with_name(f"{self.stem.name}_{ending}") for ending in endings]
+
+
+def predict_paths(
+    inputs: Sequence[Path],
+    output: Path,
+    predictor: Predictor,
+    batch_size: int = 4,
+    tta: bool = False,
+    sliding_window: bool = False,
+    progress: bool = True,
+    scales: Sequence[float] = (1.0,),
+) -> PredictReport:
+    """Write colour, overlay and id masks for every image in ``inputs`` (files and folders).
+
+    Outputs keep an input folder's sub-folders below ``output`` and the original image size.
+    Unreadable images, and images whose outputs would replace an input file, are reported in
+    ``failed`` (and on stderr) and skipped. Images of one inference size are batched together;
+    decoding and writing run in background threads.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    check_scales(scales, sliding_window)
+    report = PredictReport()
+    jobs = _plan(inputs, output, predictor.class_set, report)
+    workers = min(4, os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="predict-io")
+    bar = tqdm(total=len(jobs) + len(report.failed), disable=not progress, unit="image")
+    bar.update(len(report.failed))
+    writer = _Writer(pool, predictor.class_set, report, bar, depth=2 * workers)
+    batcher = _Batcher(predictor, batch_size, tta, scales, writer)
+    with sigterm_as_interrupt():  # SIGTERM: the same clean stop as Ctrl-C
+        try:
+            for job, image in _read_ahead(pool, jobs, 2 * batch_size, writer):
+                if sliding_window:
+                    mask = predict_image(predictor, image, tta, True, batch_size)
+                    writer.submit(job, image, mask)
+                else:
+                    batcher.add(job, image)
+            batcher.flush()
+            writer.drain()
+        finally:
+            # On Ctrl-C: drop queued work; running writes finish (and are atomic anyway).
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+    report.written = [path for _, path in sorted(writer.written)]
+    return report
+
+
+def _plan(
+    inputs: Sequence[Path], output: Path, class_set: ClassSet, report: PredictReport
+) -> list[_Job]:
+    """One job per distinct image; images whose outputs would collide or replace an input fail."""
+    sources: list[tuple[Path, Path]] = []  # (file, output stem relative to ``output``)
+    for item in inputs:
+        if item.is_dir():
+            sources += [
+                (f, f.relative_to(item).with_suffix(""))
+                for f in list_images(item)
+                if not _is_output_inside(f, item, output)
+            ]
+        else:
+            sources.append((item, Path(item.stem)))
+    protected = {f.resolve(): f for f, _ in sources}
+    claimed: dict[Path, Path] = {}
+    seen: set[Path] = set()
+    jobs: list[_Job] = []
+    for source, relative in sources:
+        if source.resolve() in seen:
+            continue  # the same file given twice (e.g. a folder and a file in it)
+        seen.add(source.resolve())
+        job = _Job(len(jobs), source, output / relative)
+        problem = _output_problem(job, class_set, protected, claimed)
+        if problem:
+            _fail(report, source, problem)
+        else:
+            jobs.append(job)
+    return jobs
+
+
+def _is_output_inside(file: Path, folder: Path, output: Path) -> bool:
+    """Whether ``file`` lies in ``output`` placed below the input ``folder`` (an earlier run's
+    results, which would otherwise be segmented again on every run)."""
+    output, folder = output.resolve(), folder.resolve()
+    return (
+        output != folder and output.is_relative_to(folder) and file.resolve().is_relative_to(output)
+    )
+
+
+def _output_problem(
+    job: _Job, class_set: ClassSet, protected: dict[Path, Path], claimed: dict[Path, Path]
+) -> str | None:
+    """Why ``job`` may not write its outputs (None: it may, and they are claimed for it)."""
+    targets = job.targets(class_set)
+    for target in targets:
+        resolved = target.resolve()
+        if resolved in protected:
+            return f"{job.source}: output {target} would overwrite input {protected[resolved]}"
+        if resolved in claimed:
+            return f"{job.source}: output {target} is already claimed by {claimed[resolved]}"
+    claimed.update((target.resolve(), job.source) for target in targets)
+    return None
+
+
+def _fail(report: PredictReport, source: Path, message: str) -> None:
+    report.failed.append((source, message))
+    tqdm.write(f"skipped: {message}", file=sys.stderr)
+
+
+def _read_ahead(
+    pool: ThreadPoolExecutor, jobs: list[_Job], depth: int, writer: _Writer
+) -> Iterator[tuple[_Job, np.ndarray]]:
+    """Decoded images in job order, up to ``depth`` decoding ahead; unreadable ones reported."""
+    queue: collections.deque[tuple[_Job, Future[np.ndarray]]] = collections.deque()
+
+    def oldest() -> Iterator[tuple[_Job, np.ndarray]]:
+        job, future = queue.popleft()
+        try:
+            yield job, future.result()
+        except DataError as error:
+            writer.fail(job, str(error))
+
+    for job in jobs:
+        queue.append((job, pool.submit(read_rgb, job.source)))
+        if len(queue) > depth:
+            yield from oldest()
+    while queue:
+        yield from oldest()
+
+
+class _Batcher:
+    """Groups images by inference size and predicts a group once it holds ``batch_size``."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        batch_size: int,
+        tta: bool,
+        scales: Sequence[float],
+        writer: _Writer,
+    ) -> None:
+        self.predictor, self.batch_size, self.writer = predictor, batch_size, writer
+        self.tta, self.scales = tta, scales
+        self.groups: dict[tuple[int, int], list[tuple[_Job, np.ndarray]]] = {}
+
+    def add(self, job: _Job, image: np.ndarray) -> None:
+        predictor = self.predictor
+        size = inference_size(
+            image.shape[1], image.shape[0], predictor.input_size, predictor.size_factor
+        )
+        self.groups.setdefault(size, []).append((job, image))
+        if len(self.groups[size]) >= self.batch_size:
+            self._run(size)
+        elif sum(map(len, self.groups.values())) >= 4 * self.batch_size:
+            # Many sizes, few images each: bound the decoded images held in memory.
+            self._run(max(self.groups, key=lambda s: len(self.groups[s])))
+
+    def flush(self) -> None:
+        for size in list(self.groups):
+            self._run(size)
+
+    def _run(self, size: tuple[int, int]) -> None:
+        group = self.groups.pop(size)
+        images = [image for _, image in group]
+        masks = predict_batch(self.predictor, images, self.tta, self.scales)
+        for (job, image), mask in zip(group, masks):
+            self.writer.submit(job, image, mask)
+
+
+class _Writer:
+    """Writes each image's outputs in the pool, with at most ``depth`` images in flight."""
+
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        class_set: ClassSet,
+        report: PredictReport,
+        bar: tqdm,
+        depth: int,
+    ) -> None:
+        self.pool = pool
+        self.class_set = class_set
+        self.report = report
+        self.bar = bar
+        self.depth = depth
+        self.written: list[tuple[int, Path]] = []  # (job index, colour file)
+        self.in_flight: collections.deque[tuple[_Job, Future[None]]] = collections.deque()
+        # Train id -> the id written to the mask file (Cityscapes label id, else the train id).
+        self.id_table = np.zeros(256, dtype=np.uint8)
+        self.id_table[: class_set.num_classes] = class_set.label_ids or range(class_set.num_classes)
+
+    def submit(self, job: _Job, image: np.ndarray, mask: np.ndarray) -> None:
+        self.in_flight.append((job, self.pool.submit(self._write, job, image, mask)))
+        while len(self.in_flight) > self.depth:
+            self._finish_oldest()
+
+    def drain(self) -> None:
+        while self.in_flight:
+            self._finish_oldest()
+
+    def fail(self, job: _Job, message: str) -> None:
+        _fail(self.report, job.source, message)
+        self.bar.update()
+
+    def _finish_oldest(self) -> None:
+        job, future = self.in_flight.popleft()
+        try:
+            future.result()
+        except (OSError, ValueError) as error:
+            self.fail(job, f"{job.source}: cannot write outputs: {error}")
+            return
+        self.written.append((job.index, job.targets(self.class_set)[0]))
+        self.bar.update()
+
+    def _write(self, job: _Job, image: np.ndarray, mask: np.ndarray) -> None:
+        color, blend, ids = job.targets(self.class_set)
+        viz.save_image(viz.colorize(mask, self.class_set), color)
+        viz.save_image(viz.overlay(image, mask, self.class_set), blend, quality=OVERLAY_QUALITY)
+        viz.save_image(self.id_table[mask], ids)
