@@ -236,12 +236,17 @@ def test_original_recipe_runs_a_few_steps(synthetic_root, tmp_path):
     assert len(result.metrics["per_class"]) == 24
 
 
+LITE = {"model.encoder": "efficientnet_lite0", "train.encoder_lr_scale": 0.5}
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
-def test_two_process_ddp_equals_one_process_with_the_global_batch(synthetic_root, tmp_path):
+@pytest.mark.parametrize("model", [{}, LITE], ids=["plain", "pretrained_lite"])
+def test_two_process_ddp_equals_one_process_with_the_global_batch(synthetic_root, tmp_path, model):
     common = tiny_overrides(
         synthetic_root,
         tmp_path / "cache",
         **{
+            **model,
             "model.dropout": 0.0,
             "augment.enabled": "false",
             "train.training_iterations": 3,
@@ -275,7 +280,8 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(synthetic_root
     one, two = final_weights(tmp_path / "single"), final_weights(tmp_path / "ddp")
     for key in one:
         if one[key].is_floating_point():
-            assert torch.allclose(one[key], two[key], atol=5e-5, rtol=0), (
+            # rtol for the batch-norm statistics, which pretrained encoders hold in the hundreds
+            assert torch.allclose(one[key], two[key], atol=5e-5, rtol=1e-5), (
                 key
             )  # 5% of one step at lr 1e-3
     changed = any(

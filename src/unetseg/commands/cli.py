@@ -19,6 +19,7 @@ from unetseg.core.config import ConfigError, Device, check_scales
 DEVICES = typing.get_args(Device)
 
 DEFAULT_SPLITS = ("train", "val")
+Command = Callable[[str, Callable, str], argparse.ArgumentParser]  # adds a sub-command
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -243,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
+    adders = (_add_demo, _add_synth, _add_prepare, _add_data, _add_train, _add_evaluate)
+    for add in (*adders, _add_predict, _add_export):
+        add(command)
+    return parser
+
+
+def _add_demo(command: Command) -> None:
+    """``unetseg demo``: the main job on the embedded data."""
     demo = command(
         "demo",
         cmd_demo,
@@ -262,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="override the demo recipe, e.g. train.training_iterations=50",
     )
 
+
+def _add_synth(command: Command) -> None:
+    """``unetseg synth``: synthetic street scenes."""
     synth = command("synth", cmd_synth, "write synthetic street scenes in the Cityscapes layout")
     synth.add_argument("--out", type=Path, required=True, help="root folder to write into")
     synth.add_argument("--train", type=_count, default=300, help="number of train scenes (300)")
@@ -271,9 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=_count, default=0, help="random seed; same seed, same bytes (0)"
     )
 
+
+def _add_prepare(command: Command) -> None:
+    """``unetseg prepare``: the training cache."""
     prepare = command("prepare", cmd_prepare, "check the data and build the training cache once")
     _add_config_arguments(prepare)
 
+
+def _add_data(command: Command) -> None:
+    """``unetseg data``: data check, stats and show."""
     data = command("data", lambda a: 0, "data set tools: check, stats, show")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="TOOL")
     check = data_commands.add_parser(
@@ -323,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (check, stats, show):
         _add_config_arguments(sub)
 
+
+def _add_train(command: Command) -> None:
+    """``unetseg train``: training."""
     train = command("train", cmd_train, "train a U-Net; everything of the run goes into one folder")
     _add_config_arguments(train)
     train.add_argument(
@@ -340,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a stopped run exactly from its newest good checkpoint",
     )
 
+
+def _add_evaluate(command: Command) -> None:
+    """``unetseg evaluate``: scoring a checkpoint."""
     evaluate = command(
         "evaluate",
         cmd_evaluate,
@@ -374,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to run (auto)",
     )
 
+
+def _add_predict(command: Command) -> None:
+    """``unetseg predict``: segmenting image files."""
     predict = command(
         "predict",
         cmd_predict,
@@ -406,11 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to run (auto)",
     )
 
+
+def _add_export(command: Command) -> None:
+    """``unetseg export``: ONNX export."""
     export = command("export", cmd_export, "export a checkpoint to ONNX (dynamic batch and size)")
     export.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) to export")
     export.add_argument("--output", type=Path, required=True, help="ONNX file to write")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset version (18)")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

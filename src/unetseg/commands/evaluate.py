@@ -14,10 +14,11 @@ import torch
 from tqdm import tqdm
 
 from unetseg.core.checkpoint import model_from_checkpoint
-from unetseg.core.config import check_test_time_augmentation, with_overrides
+from unetseg.core.classes import ClassSet
+from unetseg.core.config import Config, check_test_time_augmentation, with_overrides
 from unetseg.core.files import write_json
-from unetseg.core.metrics import ConfusionMatrix
-from unetseg.core.runtime import local_runtime
+from unetseg.core.metrics import ConfusionMatrix, SegmentationScores
+from unetseg.core.runtime import Runtime, local_runtime
 from unetseg.data.io import read_pair
 from unetseg.data.prepare import prepare_data
 from unetseg.data.sources import find_samples
@@ -55,54 +56,16 @@ def evaluate_checkpoint(
     if overrides:
         config = with_overrides(config, list(overrides))
     runtime = local_runtime(device, config.train.precision)
-    model = model.to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    model = model.to(device=runtime.device, memory_format=layout)
     out = out or checkpoint.parent / f"evaluation_{split}{'_fullres' if full_res else ''}"
     out.mkdir(parents=True, exist_ok=True)
-
     if full_res:
         predictor = Predictor.from_model(model, config, class_set, runtime)
-
-        def predict(rgb: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(predict_image(predictor, rgb, tta, scales=scales)).long()
-
-        samples = find_samples(config.data, split)
-        confusion = ConfusionMatrix(class_set.num_classes)
-        records = []  # (image mIoU, sample)
-        for sample in tqdm(samples, desc=f"evaluate {split} (full res)", disable=not progress):
-            rgb, _, train_ids = read_pair(sample, class_set)
-            prediction = predict(rgb)
-            truth = torch.from_numpy(train_ids).long()
-            confusion.update(prediction, truth)
-            matrix = per_image_matrices(prediction[None], truth[None], class_set.num_classes)[0]
-            records.append((image_miou(matrix.numpy()), sample))
-        scores, matrix = confusion.compute(), confusion.matrix.numpy()
-        records.sort(key=lambda r: (math.isnan(r[0]), r[0]))
-        worst_scores, worst_rows = [r[0] for r in records[:worst]], []
-        for _, sample in records[:worst]:  # decode again rather than hold every image in memory
-            rgb, _, train_ids = read_pair(sample, class_set)
-            worst_rows.append((rgb, train_ids, predict(rgb).numpy().astype(np.uint8)))
+        scored = _score_full_resolution(predictor, config, split, tta, scales, worst, progress)
     else:
-        cached = prepare_data(config, class_set, splits=(split,), progress=progress)[split]
-        loader = torch.utils.data.DataLoader(cached, batch_size=config.train.batch_size)
-        result = evaluate_model(
-            model,
-            tqdm(loader, desc=f"evaluate {split}", disable=not progress),
-            class_set,
-            runtime,
-            per_image=True,
-        )
-        scores, matrix = result["scores"], result["matrix"]
-        order = sorted(
-            range(len(cached)),
-            key=lambda i: (math.isnan(result["image_miou"][i]), result["image_miou"][i]),
-        )[:worst]
-        worst_scores = [result["image_miou"][i] for i in order]
-        pairs = [cached[i] for i in order]
-        worst_rows = comparison_rows(model, pairs, runtime)
-
-    metrics = scores.to_dict(class_set.names)
+        scored = _score_cached(model, config, class_set, runtime, split, worst, progress)
+    metrics = scored.scores.to_dict(class_set.names)
     metrics.update(
         checkpoint=str(checkpoint),
         split=split,
@@ -113,16 +76,89 @@ def evaluate_checkpoint(
         data_root=config.data.root,
     )
     write_json(out / "metrics.json", metrics)
-    print(scores.table(class_set.names))
-    viz.plot_class_bars(
-        class_set.names,
-        scores.iou.tolist(),
-        out / "per_class_iou.png",
-        "IoU",
-        f"{split}: mIoU {scores.miou:.3f}",
+    print(scored.scores.table(class_set.names))
+    _draw(scored, class_set, split, out)
+    return {"metrics": metrics, "out": out}
+
+
+@dataclasses.dataclass
+class _Scored:
+    """Scores of a split, and the worst images as (image, truth, prediction) rows."""
+
+    scores: SegmentationScores
+    matrix: np.ndarray
+    worst_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    worst_scores: list[float]
+
+
+def _worst_first(image_mious: list[float]) -> list[int]:
+    """Image indices by mIoU, lowest first (images scoring nothing at all last)."""
+    return sorted(
+        range(len(image_mious)), key=lambda i: (math.isnan(image_mious[i]), image_mious[i])
     )
-    viz.plot_confusion(matrix, class_set.names, out / "confusion_matrix.png")
-    for rank, (row, value) in enumerate(zip(worst_rows, worst_scores), start=1):
+
+
+def _score_full_resolution(
+    predictor: Predictor,
+    config: Config,
+    split: str,
+    tta: bool,
+    scales: Sequence[float],
+    worst: int,
+    progress: bool,
+) -> _Scored:
+    """Each image of ``split`` predicted at its own resolution, through the predict path."""
+    class_set = predictor.class_set
+
+    def predict(rgb: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(predict_image(predictor, rgb, tta, scales=scales)).long()
+
+    samples = find_samples(config.data, split)
+    confusion = ConfusionMatrix(class_set.num_classes)
+    image_mious = []
+    for sample in tqdm(samples, desc=f"evaluate {split} (full res)", disable=not progress):
+        rgb, _, train_ids = read_pair(sample, class_set)
+        prediction, truth = predict(rgb), torch.from_numpy(train_ids).long()
+        confusion.update(prediction, truth)
+        matrix = per_image_matrices(prediction[None], truth[None], class_set.num_classes)[0]
+        image_mious.append(image_miou(matrix.numpy()))
+    order = _worst_first(image_mious)[:worst]
+    rows = []
+    for i in order:  # decoded again rather than every image held in memory
+        rgb, _, train_ids = read_pair(samples[i], class_set)
+        rows.append((rgb, train_ids, predict(rgb).numpy().astype(np.uint8)))
+    scores = confusion.compute()
+    return _Scored(scores, confusion.matrix.numpy(), rows, [image_mious[i] for i in order])
+
+
+def _score_cached(
+    model: torch.nn.Module,
+    config: Config,
+    class_set: ClassSet,
+    runtime: Runtime,
+    split: str,
+    worst: int,
+    progress: bool,
+) -> _Scored:
+    """The cached split at the training size, in batches."""
+    cached = prepare_data(config, class_set, splits=(split,), progress=progress)[split]
+    loader = torch.utils.data.DataLoader(cached, batch_size=config.train.batch_size)
+    batches = tqdm(loader, desc=f"evaluate {split}", disable=not progress)
+    result = evaluate_model(model, batches, class_set, runtime, per_image=True)
+    order = _worst_first(result["image_miou"])[:worst]
+    rows = comparison_rows(model, [cached[i] for i in order], runtime)
+    worst_scores = [result["image_miou"][i] for i in order]
+    return _Scored(result["scores"], result["matrix"], rows, worst_scores)
+
+
+def _draw(scored: _Scored, class_set: ClassSet, split: str, out: Path) -> None:
+    """The per-class IoU chart, the confusion matrix and one grid per worst image."""
+    scores = scored.scores
+    title = f"{split}: mIoU {scores.miou:.3f}"
+    viz.plot_class_bars(
+        class_set.names, scores.iou.tolist(), out / "per_class_iou.png", "IoU", title
+    )
+    viz.plot_confusion(scored.matrix, class_set.names, out / "confusion_matrix.png")
+    for rank, (row, value) in enumerate(zip(scored.worst_rows, scored.worst_scores), start=1):
         grid = viz.comparison_grid([row], class_set)
         viz.save_image(grid, out / f"worst_{rank:02d}_miou_{value:.3f}.png")
-    return {"metrics": metrics, "out": out}

@@ -79,7 +79,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     missing = [key for key in ("model", "config", "class_set") if key not in state]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint (no {', '.join(missing)})")
+    _check_contents(path, state)
     return state
+
+
+def _check_contents(path: Path, state: dict[str, Any]) -> None:
+    """The parts every use of a checkpoint reads: weights, class table, weight average."""
+    if not isinstance(state["model"], dict):
+        raise CheckpointError(f"{path}: malformed checkpoint (its weights are not a state dict)")
+    try:
+        ClassSet.from_dict(state["class_set"])
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: malformed class table ({error})") from None
+    average = state.get("ema") or {}
+    if not isinstance(average, dict) or not isinstance(average.get("weights", {}), dict):
+        raise CheckpointError(f"{path}: malformed weight average (ema)")
 
 
 def _check_archive_header(path: Path) -> None:

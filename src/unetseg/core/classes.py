@@ -53,6 +53,22 @@ class ClassSet:
     label_ids: tuple[int, ...] | None = None
     rare_values: tuple[int, ...] = ()  # source values whose images may be dropped
 
+    def __post_init__(self) -> None:
+        """ValueError for a table the pipeline could not use to the end (a run that trains but
+        cannot then be evaluated or resumed)."""
+        if len(set(self.names)) != len(self.names):
+            twice = sorted({n for n in self.names if self.names.count(n) > 1})
+            raise ValueError(f"class names must be distinct, {twice} appear more than once")
+        if len(self.colors) != len(self.names):
+            raise ValueError(f"{len(self.names)} class names but {len(self.colors)} colours")
+        for name, color in zip(self.names, self.colors):
+            if len(color) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
+                raise ValueError(
+                    f"class {name!r}: colour {list(color)} is not three integers 0..255"
+                )
+        if len(self.lookup) != 256:
+            raise ValueError(f"the value lookup needs 256 entries, not {len(self.lookup)}")
+
     @property
     def num_classes(self) -> int:
         return len(self.names)
@@ -189,10 +205,7 @@ def _class_set_from_table(table: dict[str, Any], default_name: str) -> ClassSet:
     names, colors = [], []
     for train_id, entry in enumerate(table["classes"]):
         names.append(str(entry["name"]))
-        color = tuple(int(c) for c in entry["color"])
-        if len(color) != 3:
-            raise ValueError(f"class {entry['name']!r}: color needs three values")
-        colors.append(color)
+        colors.append(tuple(entry["color"]))
         for value in entry.get("values", [train_id]):
             if lookup[_source_value(value)] != INVALID:
                 raise ValueError(f"source value {value} appears twice")

@@ -327,7 +327,22 @@ def validate(config: Config) -> None:
             values = value if isinstance(value, list) else [value]
             if any(isinstance(v, float) and not math.isfinite(v) for v in values):
                 raise ConfigError(f"{section.name}.{key}: {value} is not a finite number")
-    d, t, a = config.data, config.train, config.augment
+    _validate_data(config)
+    _validate_augment(config)
+    _validate_model(config)
+    _validate_loss(config)
+    _validate_train(config.train)
+
+
+def _at_least(minimum: float, values: dict[str, float]) -> None:
+    for key, value in values.items():
+        if value < minimum:
+            what = "must be at least 1" if minimum == 1 else "must not be negative"
+            raise ConfigError(f"{key}: {what}, got {value}")
+
+
+def _validate_data(config: Config) -> None:
+    d = config.data
     factor = ENCODERS[config.model.encoder].size_factor
     if len(d.size) != 2 or any(s <= 0 or s % factor for s in d.size):
         raise ConfigError(
@@ -336,52 +351,16 @@ def validate(config: Config) -> None:
         )
     if (d.mean or d.std) and (len(d.mean) != 3 or len(d.std) != 3 or min(d.std) <= 0):
         raise ConfigError("data.mean/data.std: need three values each, std positive")
-    positive = {
-        "train.batch_size": t.batch_size,
-        "train.training_iterations": t.training_iterations,
-        "train.accum_steps": t.accum_steps,
-        "train.eval_interval": t.eval_interval,
-        "train.save_model_interval": t.save_model_interval,
-        "train.snapshot_interval": t.snapshot_interval,
-        "train.log_interval": t.log_interval,
-        "train.keep_checkpoints": t.keep_checkpoints,
-        "train.max_nonfinite_steps": t.max_nonfinite_steps,
-        "data.synthetic_train": d.synthetic_train,
-        "data.synthetic_val": d.synthetic_val,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key}: must be at least 1, got {value}")
-    nonnegative = {
-        "train.eval_iterations": t.eval_iterations,
-        "train.warmup_steps": t.warmup_steps,
-        "train.weight_decay": t.weight_decay,
-        "train.grad_clip": t.grad_clip,
-        "train.min_lr": t.min_lr,
-        "train.snapshot_images": t.snapshot_images,
-        "train.time_budget_min": t.time_budget_min,
-        "loss.ce_weight": config.loss.ce_weight,
-        "loss.dice_weight": config.loss.dice_weight,
-    }
-    for key, value in nonnegative.items():
-        if value < 0:
-            raise ConfigError(f"{key}: must not be negative, got {value}")
-    if t.base_lr <= 0:
-        raise ConfigError(f"train.base_lr: must be positive, got {t.base_lr}")
+    _at_least(1, {"data.synthetic_train": d.synthetic_train, "data.synthetic_val": d.synthetic_val})
     if d.rare_class_temperature <= 0:
         raise ConfigError(
             f"data.rare_class_temperature: must be positive, got {d.rare_class_temperature}"
         )
-    if t.min_lr > t.base_lr:
-        raise ConfigError(f"train.min_lr: {t.min_lr} is above train.base_lr {t.base_lr}")
-    if t.decay_factor <= 0:
-        raise ConfigError(f"train.decay_factor: must be positive, got {t.decay_factor}")
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise ConfigError(f"train.ema_decay: must be in [0, 1), got {t.ema_decay}")
-    if not 0.0 <= t.average_from < 1.0:
-        raise ConfigError(f"train.average_from: must be in [0, 1), got {t.average_from}")
-    m = config.model
-    check_architecture(m.encoder, m.width, m.dropout, m.blocks, m.full_resolution, prefix="model.")
+
+
+def _validate_augment(config: Config) -> None:
+    a, size = config.augment, config.data.size
+    factor = ENCODERS[config.model.encoder].size_factor
     if not 0 < a.scale_min <= a.scale_max:
         raise ConfigError(f"augment.scale_min/scale_max: need 0 < min <= max, got {a.scale_min}")
     spreads = {
@@ -393,32 +372,20 @@ def validate(config: Config) -> None:
     for key, spread in spreads.items():
         if not 0.0 <= spread <= 1.0:  # factors are drawn from [1 - spread, 1 + spread]
             raise ConfigError(f"augment.{key}: must be in [0, 1], got {spread}")
-    for key, spread in {"gamma": a.gamma, "blur": a.blur, "noise": a.noise}.items():
-        if spread < 0:
-            raise ConfigError(f"augment.{key}: must not be negative, got {spread}")
+    _at_least(0, {f"augment.{k}": getattr(a, k) for k in ("gamma", "blur", "noise")})
     if a.crop and (
-        len(a.crop) != 2 or any(c <= 0 or c % factor or c > s for c, s in zip(a.crop, d.size))
+        len(a.crop) != 2 or any(c <= 0 or c % factor or c > s for c, s in zip(a.crop, size))
     ):
         raise ConfigError(
             f"augment.crop: {a.crop} must be [width, height], multiples of {factor} within "
             "data.size"
         )
-    _validate_encoder(config)
-    _validate_classes(config)
-    check_hard_fraction(config.loss.ce_hard_fraction, prefix="loss.")
-    if config.loss.ce_weight + config.loss.dice_weight <= 0:
-        raise ConfigError("loss.ce_weight/dice_weight: at least one must be positive")
 
 
-def _validate_encoder(config: Config) -> None:
-    """The fine-tuning knobs need an encoder that starts from pretrained weights."""
+def _validate_model(config: Config) -> None:
+    """The architecture, and the fine-tuning knobs, which need a pretrained encoder."""
     m, t = config.model, config.train
-    if t.encoder_lr_scale < 0:
-        raise ConfigError(f"train.encoder_lr_scale: must not be negative, got {t.encoder_lr_scale}")
-    if t.freeze_encoder_steps < 0:
-        raise ConfigError(
-            f"train.freeze_encoder_steps: must not be negative, got {t.freeze_encoder_steps}"
-        )
+    check_architecture(m.encoder, m.width, m.dropout, m.blocks, m.full_resolution, prefix="model.")
     pretrained = m.pretrained and ENCODERS[m.encoder].pretrainable
     tuned = {
         "train.encoder_lr_scale": t.encoder_lr_scale != 1.0,
@@ -436,25 +403,66 @@ def _validate_encoder(config: Config) -> None:
         )
 
 
-def normalisation(config: Config) -> tuple[list[float], list[float]]:
-    """The mean and std the model normalises its [0, 1] inputs with: ``data.mean``/``data.std``,
-    else those the encoder was trained with."""
-    spec = ENCODERS[config.model.encoder]
-    return (config.data.mean or list(spec.mean), config.data.std or list(spec.std))
-
-
-def _validate_classes(config: Config) -> None:
-
+def _validate_loss(config: Config) -> None:
+    loss = config.loss
+    _at_least(0, {"loss.ce_weight": loss.ce_weight, "loss.dice_weight": loss.dice_weight})
+    if loss.ce_weight + loss.dice_weight <= 0:
+        raise ConfigError("loss.ce_weight/dice_weight: at least one must be positive")
+    check_hard_fraction(loss.ce_hard_fraction, prefix="loss.")
     try:
         class_set = load_class_set(config.data.class_set)
     except ValueError as error:
         raise ConfigError(f"data.class_set: {error}") from None
-    weights = config.loss.class_weights
+    weights = loss.class_weights
     if weights and (len(weights) != class_set.num_classes or min(weights) < 0 or sum(weights) == 0):
         raise ConfigError(
             f"loss.class_weights: need {class_set.num_classes} non-negative values, not all 0 "
             f"(one per class of {class_set.name}), got {len(weights)}"
         )
+
+
+def _validate_train(t: TrainConfig) -> None:
+    counts = (
+        "batch_size",
+        "training_iterations",
+        "accum_steps",
+        "eval_interval",
+        "save_model_interval",
+        "snapshot_interval",
+        "log_interval",
+        "keep_checkpoints",
+        "max_nonfinite_steps",
+    )
+    _at_least(1, {f"train.{key}": getattr(t, key) for key in counts})
+    amounts = (
+        "eval_iterations",
+        "warmup_steps",
+        "weight_decay",
+        "grad_clip",
+        "min_lr",
+        "snapshot_images",
+        "time_budget_min",
+        "encoder_lr_scale",
+        "freeze_encoder_steps",
+    )
+    _at_least(0, {f"train.{key}": getattr(t, key) for key in amounts})
+    if t.base_lr <= 0:
+        raise ConfigError(f"train.base_lr: must be positive, got {t.base_lr}")
+    if t.min_lr > t.base_lr:
+        raise ConfigError(f"train.min_lr: {t.min_lr} is above train.base_lr {t.base_lr}")
+    if t.decay_factor <= 0:
+        raise ConfigError(f"train.decay_factor: must be positive, got {t.decay_factor}")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay: must be in [0, 1), got {t.ema_decay}")
+    if not 0.0 <= t.average_from < 1.0:
+        raise ConfigError(f"train.average_from: must be in [0, 1), got {t.average_from}")
+
+
+def normalisation(config: Config) -> tuple[list[float], list[float]]:
+    """The mean and std the model normalises its [0, 1] inputs with: ``data.mean``/``data.std``,
+    else those the encoder was trained with."""
+    spec = ENCODERS[config.model.encoder]
+    return (config.data.mean or list(spec.mean), config.data.std or list(spec.std))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

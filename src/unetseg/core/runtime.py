@@ -9,6 +9,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -71,8 +72,11 @@ def cpu_supports_bf16() -> bool:
     )
 
 
-def select_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """``auto``: bf16 where the hardware runs it natively, fp16 on older GPUs, else fp32."""
+def select_precision(
+    precision: str, device: torch.device, cpu_bf16: bool = True
+) -> torch.dtype | None:
+    """``auto``: bf16 where the hardware runs it natively (on a CPU only when ``cpu_bf16``: the
+    model trains faster in it), fp16 on older GPUs, else fp32."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -81,15 +85,23 @@ def select_precision(precision: str, device: torch.device) -> torch.dtype | None
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_supports_bf16():
+    if device.type == "cpu" and cpu_bf16 and cpu_supports_bf16():
         return torch.bfloat16
     return None
 
 
-def make_runtime(train: TrainConfig) -> Runtime:
-    """Resolve the device and precision; join torchrun's process group when launched by it."""
+def process_rank() -> int:
+    """This process's rank among torchrun's (0 when not launched by it)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def make_runtime(train: TrainConfig, cpu_bf16: bool = True) -> Runtime:
+    """Resolve the device and precision; join torchrun's process group when launched by it.
+
+    ``cpu_bf16`` False: ``precision: auto`` trains in fp32 on a CPU (a model whose training gains
+    nothing from bf16 there, see ``EncoderSpec.cpu_bf16_training``)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = process_rank()
     device = select_device(train.device, int(os.environ.get("LOCAL_RANK", "0")))
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
@@ -98,23 +110,26 @@ def make_runtime(train: TrainConfig) -> Runtime:
             backend="nccl" if device.type == "cuda" else "gloo",
             timeout=datetime.timedelta(seconds=int(os.environ.get("UNETSEG_DIST_TIMEOUT", "600"))),
         )
-    return _resolve(device, train.precision, train.channels_last, rank, world_size)
+    amp_dtype = select_precision(train.precision, device, cpu_bf16)
+    return _resolve(device, amp_dtype, train.channels_last, rank, world_size)
 
 
 def local_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     """A single process's runtime (evaluation, prediction), never joining a process group."""
-    return _resolve(select_device(device), precision, "auto")
+    resolved = select_device(device)
+    return _resolve(resolved, select_precision(precision, resolved), "auto")
 
 
 def _resolve(
-    device: torch.device, precision: str, channels_last: str, rank: int = 0, world_size: int = 1
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    channels_last: str,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Runtime:
-    amp_dtype = select_precision(precision, device)
-    if channels_last == "auto":
-        # channels_last pays off with oneDNN bf16 on CPU and with tensor cores on CUDA.
-        layout = device.type == "cuda" or (device.type == "cpu" and amp_dtype is not None)
-    else:
-        layout = channels_last == "on"
+    # channels_last pays off with oneDNN on CPU (in fp32 too) and with tensor cores on CUDA.
+    auto = device.type in ("cpu", "cuda")
+    layout = auto if channels_last == "auto" else channels_last == "on"
     return Runtime(device, amp_dtype, layout, rank, world_size)
 
 
@@ -152,3 +167,26 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class StopSignal:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (a second one kills)."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received:  # asked twice: stop now
+            signal.signal(signum, self._previous[signum])
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

@@ -14,6 +14,7 @@ import torch
 from torch.export import Dim
 
 from unetseg.core.checkpoint import model_from_checkpoint, model_metadata
+from unetseg.core.config import ConfigError
 from unetseg.core.files import atomic_path, write_json
 
 
@@ -22,6 +23,10 @@ def export_onnx(checkpoint: Path, output: Path, opset: int = 18) -> Path:
 
     Returns ``output``. The JSON is ``output.with_suffix(".json")``.
     """
+    if output.suffix != ".onnx":  # model.json beside it, never over it or over a checkpoint
+        raise ConfigError(f"{output}: an ONNX file must end in .onnx (its metadata goes beside it)")
+    if output.is_dir():
+        raise ConfigError(f"{output}: is a folder; give the .onnx file to write")
     model, config, class_set = model_from_checkpoint(checkpoint)
     # torch.export proves every input side a multiple of the size factor (forward checks it),
     # so the dynamic sides are declared as the factor times an integer.

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import math
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -32,10 +30,18 @@ from unetseg.core import checkpoint as ckpt
 from unetseg.core.classes import load_class_set
 from unetseg.core.config import Config, TrainConfig, save_config
 from unetseg.core.ema import WeightAverage
-from unetseg.core.files import atomic_path, write_json, write_text
+from unetseg.core.encoders import ENCODERS
+from unetseg.core.files import atomic_path, exclusive_lock, write_json
 from unetseg.core.losses import SegmentationLoss
 from unetseg.core.model import LiteUNet, build_model
-from unetseg.core.runtime import Runtime, barrier, make_runtime, shutdown
+from unetseg.core.runtime import (
+    Runtime,
+    StopSignal,
+    barrier,
+    make_runtime,
+    process_rank,
+    shutdown,
+)
 from unetseg.core.schedule import Schedule
 from unetseg.core.syncbn import convert_sync_batchnorm
 from unetseg.data.loader import StreamBatchSampler, default_workers, train_loader, val_loader
@@ -44,7 +50,8 @@ from unetseg.data.statistics import rare_class_weights, stats_of_masks
 from unetseg.data.transforms import prepare_batch
 from unetseg.engine import viz
 from unetseg.engine.evaluate import comparison_rows, evaluate_model
-from unetseg.engine.report import read_jsonl, write_report
+from unetseg.engine.report import write_report
+from unetseg.engine.runlog import RunLog
 
 
 class TrainingError(RuntimeError):
@@ -102,35 +109,13 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + rank)
 
 
-class StopSignal:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (a second one kills)."""
-
-    def __init__(self) -> None:
-        self.received: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignal:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received:  # asked twice: stop now
-            signal.signal(signum, self._previous[signum])
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 class Trainer:
     """Owns the model, optimizer, data stream and run folder of one training run."""
 
     def __init__(self, config: Config, run_dir: Path, resume: bool, progress: bool) -> None:
         self.config, self.run_dir, self.progress = config, run_dir, progress
-        self.rt: Runtime = make_runtime(config.train)
+        encoder = ENCODERS[config.model.encoder]
+        self.rt: Runtime = make_runtime(config.train, encoder.cpu_bf16_training)
         t = config.train
         torch.manual_seed(t.seed + self.rt.rank)  # own dropout masks per process
         self.class_set = load_class_set(config.data.class_set)
@@ -224,7 +209,10 @@ class Trainer:
     def _resume(self) -> None:
         found = ckpt.latest_good_checkpoint(self.run_dir)
         if found is None:
-            raise TrainingError(f"{self.run_dir}: no usable checkpoint to resume from")
+            raise TrainingError(
+                f"{self.run_dir}: no usable checkpoint to resume from; start it afresh with "
+                f"--out {self.run_dir}"
+            )
         path, state = found
         ckpt.load_weights(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -432,91 +420,48 @@ class Trainer:
         viz.save_image(grid, self.run_dir / "snapshots" / f"step_{self.step:07d}.png")
 
 
-class RunLog:
-    """``log.jsonl`` / ``eval.jsonl`` appenders, curve plots, and TensorBoard when installed."""
-
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
-        self.run_dir, self.enabled = run_dir, enabled
-        self.writer = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # tensorboard is optional
-                self.writer = None
-
-    def append(self, name: str, row: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.run_dir / name, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
-        if self.writer is not None:
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
-                    self.writer.add_scalar(f"{Path(name).stem}/{key}", value, row["step"])
-
-    def truncate(self, step: int) -> None:
-        """Drop rows after ``step`` and lines torn by a kill: a resumed run logs those again."""
-        for name in ("log.jsonl", "eval.jsonl"):
-            path = self.run_dir / name
-            if not self.enabled or not path.is_file():
-                continue
-            kept = []
-            for line in path.read_text().splitlines():
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    if json.loads(line)["step"] <= step:
-                        kept.append(line + "\n")
-            write_text(path, "".join(kept))
-
-    def rows(self, name: str) -> list[dict[str, Any]]:
-        return read_jsonl(self.run_dir / name)
-
-    def plot(self) -> None:
-        """Refresh the loss and mIoU curves from the logs."""
-        if not self.enabled:
-            return
-        train, evals = self.rows("log.jsonl"), self.rows("eval.jsonl")
-        series = {
-            "train loss": ([r["step"] for r in train], [r["loss"] for r in train]),
-            "val loss": ([r["step"] for r in evals], [r["val_loss"] for r in evals]),
-        }
-        viz.plot_curves(series, self.run_dir / "curves_loss.png", "loss")
-        viz.plot_curves(
-            {"val mIoU": ([r["step"] for r in evals], [r["miou"] for r in evals])},
-            self.run_dir / "curves_miou.png",
-            "mIoU",
-        )
-        viz.plot_curves(
-            {"learning rate": ([r["step"] for r in train], [r["lr"] for r in train])},
-            self.run_dir / "curves_lr.png",
-            "learning rate",
-        )
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 def train(
     config: Config, run_dir: Path, resume: bool = False, progress: bool = True
 ) -> TrainResult:
-    """Train as configured, writing everything into ``run_dir``; resumable after any stop."""
-    if not resume and (run_dir / "log.jsonl").exists():
-        raise TrainingError(
-            f"{run_dir} already holds a run: continue it with --resume, or choose another folder"
-        )
+    """Train as configured, writing everything into ``run_dir``; resumable after any stop.
+
+    One training at a time per folder: rank 0 holds ``run_dir/.lock`` while it runs.
+    """
+    with _one_run_per_folder(run_dir):
+        if not resume and (ckpt.checkpoint_paths(run_dir) or (run_dir / "final.pt").exists()):
+            raise TrainingError(
+                f"{run_dir} already holds a run: continue it with --resume, or choose another "
+                "folder"
+            )
+        trainer = Trainer(config, run_dir, resume, progress)
+        try:
+            return _run(trainer)
+        finally:
+            if trainer.rt.distributed:
+                # Free DDP before the process group: when DDP's reducer holds the last reference,
+                # the group is destroyed with the GIL held while gloo's threads wait for it (a
+                # hang at exit).
+                trainer.forward_model = trainer.model
+                gc.collect()
+            shutdown(trainer.rt)
+
+
+@contextlib.contextmanager
+def _one_run_per_folder(run_dir: Path) -> Iterator[None]:
+    """Rank 0 holds the run folder's lock; a second training into it stops with one line."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, run_dir, resume, progress)
+    if process_rank() != 0:
+        yield
+        return
+    lock = run_dir / ".lock"
     try:
-        return _run(trainer)
-    finally:
-        if trainer.rt.distributed:
-            # Free DDP before the process group: when DDP's reducer holds the last reference, the
-            # group is destroyed with the GIL held while gloo's threads wait for it (a hang at exit).
-            trainer.forward_model = trainer.model
-            gc.collect()
-        shutdown(trainer.rt)
+        with exclusive_lock(lock):
+            yield
+    except BlockingIOError:
+        holder = lock.read_text().strip() or "another process"
+        raise TrainingError(
+            f"{run_dir} is in use by another training (pid {holder}); wait for it or stop it"
+        ) from None
 
 
 def _run(trainer: Trainer) -> TrainResult:
@@ -526,8 +471,8 @@ def _run(trainer: Trainer) -> TrainResult:
     if rt.is_main:
         with atomic_path(run_dir / "config.yaml") as temporary:  # --resume reads it back
             save_config(config, temporary)
-        if trainer.last_checkpoint is not None:  # resumed: steps after the checkpoint come again
-            log.truncate(trainer.step)
+        # Steps after the checkpoint (or, starting afresh, a killed first attempt's) come again.
+        log.truncate(trainer.step)
         if t.time_budget_min <= 0:  # a budgeted run's decay follows the clock: see curves_lr
             viz.plot_schedule(
                 trainer.schedule.values(),
