@@ -1173,3 +1173,29 @@ def test_one_training_per_run_folder_and_a_fresh_start_after_an_early_kill(
     code, _, err = cli(["train", "--out", run, *short], capsys)
     assert code == 0, err
     assert logged_steps(run) == [1, 2, 3]  # the killed attempt's rows are gone
+
+
+@pytest.mark.parametrize("signum", SIGNALS, ids=SIGNAL_IDS)
+def test_a_stop_to_the_process_group_with_loader_workers_saves_a_checkpoint(
+    synthetic_root: Path, tmp_path: Path, launch, signum: int
+) -> None:
+    """A terminal's Ctrl-C reaches the whole process group: the loader workers died first and the
+    loop failed ("DataLoader worker exited unexpectedly") without its interrupt checkpoint."""
+    run = tmp_path / "run"
+    overrides = tiny_overrides(
+        synthetic_root,
+        tmp_path / "cache",
+        **{"data.num_workers": 1, "train.training_iterations": 100000},
+    )
+    process = launch("train", "--out", run, *overrides)
+    process.wait_for(lambda: last_logged_step(run) >= 3, 120, "a third logged step")
+    os.killpg(process.proc.pid, signum)
+    assert process.finish(60) == 130, process.text()[-3000:]
+    found = re.search(r"received: saved (\S+) at step (\d+)", process.text())
+    assert found, process.text()[-3000:]
+    assert load_checkpoint(Path(found.group(1)))["step"] == int(found.group(2)) >= 3
+    assert "exited unexpectedly" not in process.text()
+    deadline = time.monotonic() + 10  # the worker goes with the loader (it checks every 5 s)
+    while process.leftovers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert process.leftovers() == []

@@ -89,6 +89,9 @@ def test_a_run_writes_every_output(synthetic_root, tmp_path):
     assert 0.0 <= metrics["miou"] <= 1.0 and set(metrics["per_class"]) >= {"road", "sky"}
     state = load_checkpoint(run / "final.pt")
     assert state["step"] == 6 and state["class_set"]["name"] == "cityscapes19"
+    facts = json.loads((run / "run.json").read_text())  # what the run resolved to, recorded
+    assert facts["precision"] == "fp32" and facts["device"] == "cpu" and facts["parameters"] > 0
+    assert facts["train_images"] == 6 and facts["images_per_step"] == 4
 
 
 RESIDUAL = {

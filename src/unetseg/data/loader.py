@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -80,13 +82,14 @@ def train_loader(
     dataset: Dataset, sampler: StreamBatchSampler, workers: int, device: torch.device
 ) -> DataLoader:
     """The endless training loader over uint8 batches (augmentation happens on the device)."""
-    return DataLoader(
+    return StopSafeLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=leave_stops_to_the_parent,
         generator=_private_generator(),
     )
 
@@ -101,14 +104,46 @@ def val_loader(
 ) -> DataLoader:
     """One ordered pass over this rank's share (every ``world_size``-th sample) of a split."""
     indices = list(range(rank, len(dataset), world_size))  # type: ignore[arg-type]
-    return DataLoader(
+    return StopSafeLoader(
         dataset,
         batch_size=batch_size,
         sampler=indices,
         num_workers=workers,
         pin_memory=device.type == "cuda",
+        worker_init_fn=leave_stops_to_the_parent,
         generator=_private_generator(),
     )
+
+
+STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
+class StopSafeLoader(DataLoader):
+    """A DataLoader whose workers ignore SIGINT and SIGTERM.
+
+    A terminal's Ctrl-C (or a SIGTERM to the process group) reaches the workers too; dying first,
+    they made the loop fail before it could save its interrupt checkpoint. The workers are started
+    with both signals blocked (so that none can land before they ignore them) and ignore them from
+    their first instruction on; the training process stops at its next step and shuts them down,
+    and should it die instead, DataLoader's workers end with it.
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.num_workers == 0:
+            return super().__iter__()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+        try:
+            return super().__iter__()  # starts the workers, which inherit the mask
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def leave_stops_to_the_parent(worker_id: int) -> None:
+    """A loader worker's start: ignore SIGINT and SIGTERM, then take them off the blocked mask
+    (discarding any that arrived in between)."""
+    for signum in STOPS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
 
 
 def _private_generator() -> torch.Generator:

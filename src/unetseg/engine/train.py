@@ -33,7 +33,7 @@ from unetseg.core.ema import WeightAverage
 from unetseg.core.encoders import ENCODERS
 from unetseg.core.files import atomic_path, exclusive_lock, write_json
 from unetseg.core.losses import SegmentationLoss
-from unetseg.core.model import LiteUNet, build_model
+from unetseg.core.model import LiteUNet, build_model, count_parameters
 from unetseg.core.runtime import (
     Runtime,
     StopSignal,
@@ -473,6 +473,7 @@ def _run(trainer: Trainer) -> TrainResult:
             save_config(config, temporary)
         # Steps after the checkpoint (or, starting afresh, a killed first attempt's) come again.
         log.truncate(trainer.step)
+        _announce(trainer)
         if t.time_budget_min <= 0:  # a budgeted run's decay follows the clock: see curves_lr
             viz.plot_schedule(
                 trainer.schedule.values(),
@@ -556,8 +557,48 @@ def _progress_bar(trainer: Trainer) -> tqdm:
         bar_format="{l_bar}{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]"
         if budget
         else None,
-        disable=not (trainer.progress and trainer.rt.is_main),
+        # Redirected to a file, a bar is a stream of carriage returns: the evaluation lines say
+        # how far the run is instead.
+        disable=not (trainer.progress and trainer.rt.is_main and sys.stderr.isatty()),
         dynamic_ncols=True,
+    )
+
+
+def _announce(trainer: Trainer) -> None:
+    """What the run is about to do, printed and written to ``run.json``: model, device, the
+    resolved precision, data and schedule."""
+    config, rt, t = trainer.config, trainer.rt, trainer.config.train
+    model = ckpt.unwrap(trainer.model)
+    pretrained = pretrained_encoder(model, config) is not None
+    facts = {
+        "encoder": config.model.encoder,
+        "pretrained": pretrained,
+        "parameters": count_parameters(model),
+        "device": str(rt.device),
+        "precision": str(rt.amp_dtype or "fp32").removeprefix("torch."),
+        "channels_last": rt.channels_last,
+        "processes": rt.world_size,
+        "train_images": len(trainer.data["train"]),
+        "val_images": len(trainer.data["val"]),
+        "size": config.data.size,
+        "images_per_step": t.batch_size * t.accum_steps * rt.world_size,
+        "steps": t.training_iterations,
+        "time_budget_min": t.time_budget_min,
+        "start_step": trainer.step,
+        "torch": torch.__version__,
+    }
+    write_json(trainer.run_dir / "run.json", facts)
+    weights = "ImageNet encoder" if pretrained else "random weights"
+    budget = f" or {t.time_budget_min:g} min" if t.time_budget_min > 0 else ""
+    print(
+        f"training {config.model.encoder} ({weights}, {facts['parameters'] / 1e6:.2f} M "
+        f"parameters) on {facts['device']} in {facts['precision']}"
+        f"{', channels_last' if rt.channels_last else ''}, {rt.world_size} process(es)\n"
+        f"  {facts['train_images']} train / {facts['val_images']} val images at "
+        f"{config.data.size[0]}x{config.data.size[1]}, {facts['images_per_step']} images a step, "
+        f"steps {trainer.step + 1} to {t.training_iterations}{budget}; run folder {trainer.run_dir}",
+        file=sys.stderr,
+        flush=True,
     )
 
 
@@ -577,7 +618,11 @@ def _periodic_eval(trainer: Trainer, log: RunLog, bar: tqdm) -> None:
     log.append("eval.jsonl", row)
     log.plot()
     if trainer.rt.is_main:
-        bar.write(f"step {trainer.step}: val loss {result['loss']:.4f}, mIoU {scores.miou:.4f}")
+        bar.write(
+            f"step {trainer.step}: val loss {result['loss']:.4f}, mIoU {scores.miou:.4f} "
+            f"({trainer.elapsed_s / 60:.1f} min)",
+            file=sys.stderr,
+        )
     if trainer.rt.is_main and scores.miou > trainer.best_miou:
         trainer.best_miou = float(scores.miou)
         trainer.save(trainer.run_dir / "best.pt")
