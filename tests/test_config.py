@@ -25,6 +25,7 @@ def test_defaults_yaml_and_overrides(tmp_path):
     assert config.data.size == [64, 32]
     assert config.train.accum_steps == 4  # default
     assert load_config(None, ["train.channels_last=off"]).train.channels_last == "off"
+    assert load_config(None, ["data.size=256x128"]).data.size == [256, 128]  # as synth --size
 
 
 @pytest.mark.parametrize(

@@ -102,3 +102,37 @@ def test_test_time_augmentation_needs_full_resolution(constant_setup, tmp_path, 
     code = main(["evaluate", "--checkpoint", str(checkpoint), "--tta", "flip"])
     assert code == 2
     assert "full-resolution scoring only (evaluate --full-res)" in capsys.readouterr().err
+
+
+def test_ids_only_predictions_are_what_the_official_evaluation_reads(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``predict --ids-only`` leaves one label-id PNG per frame (with colour masks beside them
+    the official script stops at "Found multiple predictions"), and the official evaluation of
+    that folder gives our full-resolution mIoU."""
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_eval
+    from test_predict import make_checkpoint
+
+    from unetseg.core.classes import cityscapes19
+
+    checkpoint = make_checkpoint(tmp_path / "model.pt", cityscapes19())
+    frames = synthetic_root / "leftImg8bit" / "val"
+    output = tmp_path / "official"
+    args = ["predict", "--checkpoint", checkpoint, "--input", frames, "--output", output]
+    assert main([*map(str, args), "--ids-only", "--device", "cpu"]) == 0
+    written = sorted(output.rglob("*.png"))
+    assert {p.name.rsplit("_", 1)[1] for p in written if p.name != "legend.png"} == {"labelIds.png"}
+    ours = evaluate_checkpoint(checkpoint, data_root=synthetic_root, full_res=True, device="cpu")
+    for field, value in {
+        "predictionPath": str(output),
+        "predictionWalk": None,
+        "evalInstLevelScore": False,
+        "evalPixelAccuracy": False,
+        "JSONOutput": False,
+        "quiet": True,
+    }.items():
+        monkeypatch.setattr(cs_eval.args, field, value)
+    truths = sorted(str(p) for p in (synthetic_root / "gtFine" / "val").rglob("*_labelIds.png"))
+    predictions = [cs_eval.getPrediction(cs_eval.args, truth) for truth in truths]
+    result = cs_eval.evaluateImgLists(predictions, truths, cs_eval.args)
+    assert result["averageScoreClasses"] == pytest.approx(ours["metrics"]["miou"], abs=1e-6)

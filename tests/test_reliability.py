@@ -421,7 +421,7 @@ def test_corrupt_zip_without_sidecar_is_skipped_and_none_usable_fails_clearly(
     )
     code, _, err = cli(["train", "--resume", run], capsys)
     assert code == 1
-    assert error_line(err).startswith(f"error: {run}: no usable checkpoint to resume from; start")
+    assert error_line(err).startswith(f"error: {run}: no usable checkpoint to resume from; move")
     assert err.count("warning: ") == 3
 
 
@@ -617,9 +617,7 @@ def test_signal_during_prepare_leaves_no_cache(big_root: Path, tmp_path: Path, l
     process.wait_for(lambda: list(cache.glob(".tmp-*/images.npy")), 60, "a cache being built")
     time.sleep(0.3)
     process.proc.send_signal(signum)
-    started = time.monotonic()
-    code = process.finish(10)
-    assert time.monotonic() - started < 5
+    code = process.finish(30)  # a bound, not a speed: it stops at once or hangs
     assert code == 130, process.text()[-2000:]
     assert list(cache.iterdir()) == []  # neither a cache folder nor a .tmp-* folder
     time.sleep(0.2)
@@ -653,9 +651,7 @@ def test_signal_during_predict_leaves_only_complete_files(tmp_path: Path, launch
     process = launch("predict", "--checkpoint", checkpoint, "--input", inputs, "--output", output)
     process.wait_for(lambda: list(output.glob("*_color.png")), 60, "a first prediction")
     process.proc.send_signal(signum)
-    started = time.monotonic()
-    code = process.finish(10)
-    assert time.monotonic() - started < 5
+    code = process.finish(30)  # a bound, not a speed: it stops at once or hangs
     assert code == 130, process.text()[-2000:]
     written = sorted(output.iterdir())
     assert len(list(output.glob("*_color.png"))) < 30  # it was stopped mid-way
@@ -682,9 +678,7 @@ def test_signal_during_evaluate_writes_no_metrics(big_root: Path, tmp_path: Path
     )
     time.sleep(0.3)
     process.proc.send_signal(signum)
-    started = time.monotonic()
-    code = process.finish(10)
-    assert time.monotonic() - started < 5
+    code = process.finish(30)  # a bound, not a speed: it stops at once or hangs
     # The CLI turns SIGTERM into the same clean stop as Ctrl-C.
     assert code == 130, process.text()
     assert not (out / "metrics.json").exists()
@@ -734,17 +728,32 @@ MISSING = "nonexistent-data-root"
         pytest.param(
             ["--resume", "not-a-run"], "config.yaml: config file not found", id="resume-no-run"
         ),
+        pytest.param(
+            ["--config", "good.yaml", "train.batch_sise=4"],
+            "error: command line: train.batch_sise: unknown key",  # not the file's typo
+            id="override-typo-with-a-file",
+        ),
+        pytest.param(
+            ["--config", "list.yaml", "train.batch_size=2"],
+            "list.yaml: the top level must be a mapping of sections",
+            id="list-yaml",
+        ),
+        pytest.param(
+            ["good.yaml"],
+            "'good.yaml': a configuration file is given as --config good.yaml",
+            id="yaml-without-config",
+        ),
     ],
 )
 def test_bad_config_on_the_command_line(tmp_path: Path, capsys, args, expected):
-    """Bad input 7: one line naming the key or file, exit 2, no data touched, fast."""
+    """Bad input 7: one line naming the key or file, exit 2, no data touched."""
     (tmp_path / "bad.yaml").write_text("train:\n  batch_size: 2\n  base_lr: [1, 2\n")
-    started = time.monotonic()
+    (tmp_path / "good.yaml").write_text("train:\n  batch_size: 2\n")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     code, _, err = cli(["train", "--out", "run", *args, f"data.root={MISSING}"], capsys)
     assert code == 2
     assert expected in error_line(err) and err.strip() == error_line(err)
     assert not (tmp_path / MISSING).exists() and not (tmp_path / "run").exists()
-    assert time.monotonic() - started < 2
 
 
 def test_bad_config_in_a_real_process(tmp_path: Path) -> None:
@@ -1199,3 +1208,84 @@ def test_a_stop_to_the_process_group_with_loader_workers_saves_a_checkpoint(
     while process.leftovers() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert process.leftovers() == []
+
+
+def test_synth_refuses_a_tiny_size_and_names_a_file_in_the_way(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Tracebacks where one line was promised: ``synth --size 17x5``, and an output path that
+    is a file (the file system's refusals are reported by the command line, one line each)."""
+    code, _, err = cli(["synth", "--out", tmp_path / "s", "--size", "17x5", "--train", "1"], capsys)
+    assert code == 2 and "size 17x5 is too small; use at least 32x16" in error_line(err)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = cli(["synth", "--out", blocker, "--train", "1", "--val", "0"], capsys)
+    assert code == 1 and str(blocker) in error_line(err)
+
+
+def test_memory_stays_bounded_on_large_photos(tmp_path: Path) -> None:
+    """Six 20-megapixel photos: one at 62 MP peaked at 5.8 GB and eight at 13.3 GB (float
+    copies in the overlay, every writer thread and the read-ahead holding full-size images);
+    now the photos in flight are bounded by pixels and the overlay is blended in uint8."""
+    checkpoint = make_checkpoint(tmp_path / "model.pt", cityscapes19())
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    photo = Image.fromarray(random_image(50, 40)).resize((4000, 5000), Image.Resampling.BILINEAR)
+    for i in range(6):
+        photo.save(inputs / f"photo_{i}.jpg", quality=80)
+    code = (
+        "import resource, sys; from unetseg.commands.cli import main; "
+        f"status = main(['predict', '--checkpoint', {str(checkpoint)!r}, '--input', "
+        f"{str(inputs)!r}, '--output', {str(tmp_path / 'out')!r}, '--device', 'cpu']); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(status)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    peak_mb = int(done.stdout.split()[-1]) / 1024
+    assert len(list((tmp_path / "out").glob("*_color.png"))) == 6
+    assert peak_mb < 1500, peak_mb  # one photo is 60 MB as RGB, the six 360 MB
+
+
+@contextlib.contextmanager
+def tiny_disk(folder: Path, size: str) -> Iterator[Path]:
+    """A real, small file system (tmpfs) at ``folder``; the test is skipped where none can be
+    mounted (not root, or no mount in this sandbox)."""
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_really_full_disk_is_one_line_while_training_and_caching(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A 2 MB tmpfs as the run folder gave a traceback from torch.save; as the cache, prepare died
+    of SIGBUS (a memory-mapped write to a sparse file) and left .tmp-* behind."""
+    with tiny_disk(tmp_path / "disk", "400k") as disk:
+        overrides = tiny_overrides(
+            synthetic_root, tmp_path / "cache", **{"train.training_iterations": 50}
+        )
+        code, _, err = cli(["train", "--out", disk / "run", *overrides], capsys)
+        assert code == 1
+        assert "No space left on device" in error_line(err), err
+    with tiny_disk(tmp_path / "cachedisk", "16k") as disk:
+        args = [
+            "prepare",
+            f"data.root={synthetic_root}",
+            f"data.cache_dir={disk}",
+            "data.size=[64,32]",
+        ]
+        code, _, err = cli(args, capsys)
+        assert code == 1
+        assert "No space left on device" in error_line(err), err
+        assert list(disk.iterdir()) == []  # no half-built cache

@@ -88,7 +88,7 @@ def fake_run(tmp_path: Path) -> Path:
         {"step": 20, "val_loss": 0.8, "miou": 0.4375, "mean_dice": 0.5, "elapsed_s": 150.0},
     ]
     (run / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for i, name in enumerate(["schedule.png", "curves_loss.png", "curves_miou.png"]):
+    for i, name in enumerate(["curves_lr.png", "curves_loss.png", "curves_miou.png"]):
         _image(run / name, seed=i)
     for step in (10, 20):
         _image(run / "snapshots" / f"step_{step:07d}.png", seed=step)

@@ -47,6 +47,26 @@ def tiny_overrides(root: Path, cache: Path, **extra: object) -> list[str]:
     return [f"{key}={value}" for key, value in values.items()]
 
 
+def interrupt_then_resume(
+    config, run_dir: Path, monkeypatch: pytest.MonkeyPatch, before_resume=lambda: None
+) -> None:
+    """Train into ``run_dir``, stopped by SIGINT at step 3, then resumed to the end."""
+    original_step = Trainer.train_step
+
+    def interrupt_at_step_3(self, batches):
+        stats = original_step(self, batches)
+        if self.step == 2:  # becomes step 3 in the loop, then SIGINT is honoured
+            os.kill(os.getpid(), signal.SIGINT)
+        return stats
+
+    monkeypatch.setattr(Trainer, "train_step", interrupt_at_step_3)
+    with pytest.raises(TrainingInterrupted, match="SIGINT received: saved .*step_0000003.pt"):
+        train(config, run_dir, progress=False)
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    before_resume()
+    train(config, run_dir, resume=True, progress=False)
+
+
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(run_dir / "final.pt")["model"]
 
@@ -89,6 +109,13 @@ def test_a_run_writes_every_output(synthetic_root, tmp_path):
     assert 0.0 <= metrics["miou"] <= 1.0 and set(metrics["per_class"]) >= {"road", "sky"}
     state = load_checkpoint(run / "final.pt")
     assert state["step"] == 6 and state["class_set"]["name"] == "cityscapes19"
+    # The final val pass leaves an evaluation the report shows: no "run unetseg evaluate" gaps.
+    assert (run / "evaluation" / "confusion_matrix.png").is_file()
+    assert len(list((run / "evaluation").glob("worst_*_miou_*.png"))) == 3  # 3 val scenes
+    report = (run / "report.html").read_text()
+    assert "not available" not in report
+    assert "<code>model.width=4</code>" in report and "training images/s" in report
+    assert "cpu, fp32, 1 process(es)" in report
     facts = json.loads((run / "run.json").read_text())  # what the run resolved to, recorded
     assert facts["precision"] == "fp32" and facts["device"] == "cpu" and facts["parameters"] > 0
     assert facts["train_images"] == 6 and facts["images_per_step"] == 4
@@ -108,20 +135,7 @@ def test_resume_after_an_interrupt_is_bit_identical(synthetic_root, tmp_path, mo
     overrides = tiny_overrides(synthetic_root, tmp_path / "cache", **extra)
     config = load_config(None, overrides)
     train(config, tmp_path / "straight", progress=False)
-
-    original_step = Trainer.train_step
-
-    def interrupt_at_step_3(self, batches):
-        stats = original_step(self, batches)
-        if self.step == 2:  # becomes step 3 in the loop, then SIGINT is honoured
-            os.kill(os.getpid(), signal.SIGINT)
-        return stats
-
-    monkeypatch.setattr(Trainer, "train_step", interrupt_at_step_3)
-    with pytest.raises(TrainingInterrupted, match="SIGINT received: saved .*step_0000003.pt"):
-        train(config, tmp_path / "stopped", progress=False)
-    monkeypatch.setattr(Trainer, "train_step", original_step)
-    train(config, tmp_path / "stopped", resume=True, progress=False)
+    interrupt_then_resume(config, tmp_path / "stopped", monkeypatch)
 
     straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "stopped")
     assert straight.keys() == resumed.keys()

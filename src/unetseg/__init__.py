@@ -34,6 +34,7 @@ _WHERE = {
     "Trainer": "unetseg.engine.train",
     "Predictor": "unetseg.engine.inference",
     "predict_image": "unetseg.engine.inference",
+    "as_rgb": "unetseg.engine.inference",
     "export_onnx": "unetseg.engine.export",
     "evaluate_checkpoint": "unetseg.commands.evaluate",
     "predict_paths": "unetseg.commands.predict",

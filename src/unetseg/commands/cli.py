@@ -17,6 +17,10 @@ from unetseg import __version__
 from unetseg.core.config import ConfigError, Device, check_scales
 
 DEVICES = typing.get_args(Device)
+CHECKPOINT_HELP = (
+    "a checkpoint (.pt), a model.safetensors (with its .json), or a run folder (its best.pt, "
+    "else final.pt, else model.safetensors)"
+)
 
 DEFAULT_SPLITS = ("train", "val")
 Command = Callable[[str, Callable, str], argparse.ArgumentParser]  # adds a sub-command
@@ -74,6 +78,15 @@ def _add_tta_arguments(parser: argparse.ArgumentParser, condition: str) -> None:
         default=(1.0,),
         help=f"{condition}average the prediction over these rescalings of the inference size, "
         "e.g. 0.75,1,1.25 (default 1)",
+    )
+
+
+def _add_device_argument(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    parser.add_argument(
+        "--device",
+        default=default,
+        choices=DEVICES,
+        help="where to run (default: auto, or for train the config's train.device)",
     )
 
 
@@ -206,6 +219,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         tta=args.tta == "flip",
         sliding_window=args.sliding_window,
         scales=args.scales,
+        ids_only=args.ids_only,
     )
     print(f"wrote {len(report.written)} prediction set(s) to {args.output}")
     for path, reason in report.failed:
@@ -349,11 +363,7 @@ def _add_train(command: Command) -> None:
     train.add_argument(
         "--out", type=Path, help="run folder (default: runs/<config name>-<date>-<time>)"
     )
-    train.add_argument(
-        "--device",
-        choices=DEVICES,
-        help="where to train (default: the config's train.device, auto)",
-    )
+    _add_device_argument(train, default=None)
     train.add_argument(
         "--resume",
         type=Path,
@@ -370,9 +380,7 @@ def _add_evaluate(command: Command) -> None:
         "score a checkpoint: metrics.json, per-class "
         "table, IoU chart, confusion matrix and the worst images",
     )
-    evaluate.add_argument(
-        "--checkpoint", type=Path, required=True, help="checkpoint (.pt) to score"
-    )
+    evaluate.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
     evaluate.add_argument(
         "--data-root",
         type=Path,
@@ -391,12 +399,7 @@ def _add_evaluate(command: Command) -> None:
     evaluate.add_argument(
         "--worst", type=_count, default=4, help="how many worst images to draw (4)"
     )
-    evaluate.add_argument(
-        "--device",
-        default="auto",
-        choices=DEVICES,
-        help="where to run (auto)",
-    )
+    _add_device_argument(evaluate)
 
 
 def _add_predict(command: Command) -> None:
@@ -407,7 +410,7 @@ def _add_predict(command: Command) -> None:
         "segment images of any size; writes colour masks, "
         "overlays and label-id PNGs at the original resolution",
     )
-    predict.add_argument("--checkpoint", type=Path, help="PyTorch checkpoint (.pt)")
+    predict.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
     predict.add_argument("--onnx", type=Path, help="ONNX model from `unetseg export` instead")
     predict.add_argument(
         "--input",
@@ -422,22 +425,22 @@ def _add_predict(command: Command) -> None:
     )
     _add_tta_arguments(predict, "")
     predict.add_argument(
+        "--ids-only",
+        action="store_true",
+        help="write the id masks alone (a folder the official Cityscapes evaluation takes)",
+    )
+    predict.add_argument(
         "--sliding-window",
         action="store_true",
         help="tile large images at their own resolution instead of shrinking them",
     )
-    predict.add_argument(
-        "--device",
-        default="auto",
-        choices=DEVICES,
-        help="where to run (auto)",
-    )
+    _add_device_argument(predict)
 
 
 def _add_export(command: Command) -> None:
     """``unetseg export``: ONNX export."""
     export = command("export", cmd_export, "export a checkpoint to ONNX (dynamic batch and size)")
-    export.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) to export")
+    export.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
     export.add_argument("--output", type=Path, required=True, help="ONNX file to write")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset version (18)")
 
@@ -460,6 +463,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, CheckpointError, WeightsError, TrainingError, TrainingInterrupted) as error:
         print(f"error: {error}", file=sys.stderr)
         return 130 if isinstance(error, TrainingInterrupted) else 1
+    except OSError as error:  # the file system's answer: a read-only or full disk, a file
+        # where a folder should be, a symlink loop, ... named by the path it concerns
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -4,7 +4,6 @@ table and chart, the confusion matrix and the worst images."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,22 +12,29 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from unetseg.core.checkpoint import model_from_checkpoint
+from unetseg.core.checkpoint import model_from_checkpoint, resolve_checkpoint
 from unetseg.core.classes import ClassSet
 from unetseg.core.config import Config, check_test_time_augmentation, with_overrides
-from unetseg.core.files import write_json
-from unetseg.core.metrics import ConfusionMatrix, SegmentationScores
+from unetseg.core.metrics import ConfusionMatrix
 from unetseg.core.runtime import Runtime, local_runtime
 from unetseg.data.io import read_pair
 from unetseg.data.prepare import prepare_data
 from unetseg.data.sources import find_samples
-from unetseg.engine import viz
-from unetseg.engine.evaluate import comparison_rows, evaluate_model, image_miou, per_image_matrices
+from unetseg.engine.evaluate import (
+    Scored,
+    comparison_rows,
+    evaluate_model,
+    image_miou,
+    per_image_matrices,
+    worst_first,
+    write_evaluation,
+)
 from unetseg.engine.inference import Predictor, predict_image
+from unetseg.engine.report import write_report
 
 
 def evaluate_checkpoint(
-    checkpoint: Path,
+    checkpoint: str | Path,
     data_root: Path | None = None,
     split: str = "val",
     full_res: bool = False,
@@ -48,6 +54,7 @@ def evaluate_checkpoint(
     """
 
     check_test_time_augmentation(tta, scales, full_res)
+    checkpoint = resolve_checkpoint(checkpoint)
     model, config, class_set = model_from_checkpoint(checkpoint)
     if data_root is not None:
         config = dataclasses.replace(
@@ -75,27 +82,11 @@ def evaluate_checkpoint(
         overrides=list(overrides),
         data_root=config.data.root,
     )
-    write_json(out / "metrics.json", metrics)
     print(scored.scores.table(class_set.names))
-    _draw(scored, class_set, split, out)
+    write_evaluation(out, metrics, scored, class_set, split)
+    if (checkpoint.parent / "report.html").is_file():  # a run folder: its report shows this
+        write_report(checkpoint.parent)
     return {"metrics": metrics, "out": out}
-
-
-@dataclasses.dataclass
-class _Scored:
-    """Scores of a split, and the worst images as (image, truth, prediction) rows."""
-
-    scores: SegmentationScores
-    matrix: np.ndarray
-    worst_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
-    worst_scores: list[float]
-
-
-def _worst_first(image_mious: list[float]) -> list[int]:
-    """Image indices by mIoU, lowest first (images scoring nothing at all last)."""
-    return sorted(
-        range(len(image_mious)), key=lambda i: (math.isnan(image_mious[i]), image_mious[i])
-    )
 
 
 def _score_full_resolution(
@@ -106,7 +97,7 @@ def _score_full_resolution(
     scales: Sequence[float],
     worst: int,
     progress: bool,
-) -> _Scored:
+) -> Scored:
     """Each image of ``split`` predicted at its own resolution, through the predict path."""
     class_set = predictor.class_set
 
@@ -122,13 +113,13 @@ def _score_full_resolution(
         confusion.update(prediction, truth)
         matrix = per_image_matrices(prediction[None], truth[None], class_set.num_classes)[0]
         image_mious.append(image_miou(matrix.numpy()))
-    order = _worst_first(image_mious)[:worst]
+    order = worst_first(image_mious)[:worst]
     rows = []
     for i in order:  # decoded again rather than every image held in memory
         rgb, _, train_ids = read_pair(samples[i], class_set)
         rows.append((rgb, train_ids, predict(rgb).numpy().astype(np.uint8)))
     scores = confusion.compute()
-    return _Scored(scores, confusion.matrix.numpy(), rows, [image_mious[i] for i in order])
+    return Scored(scores, confusion.matrix.numpy(), rows, [image_mious[i] for i in order])
 
 
 def _score_cached(
@@ -139,26 +130,13 @@ def _score_cached(
     split: str,
     worst: int,
     progress: bool,
-) -> _Scored:
+) -> Scored:
     """The cached split at the training size, in batches."""
     cached = prepare_data(config, class_set, splits=(split,), progress=progress)[split]
     loader = torch.utils.data.DataLoader(cached, batch_size=config.train.batch_size)
     batches = tqdm(loader, desc=f"evaluate {split}", disable=not progress)
     result = evaluate_model(model, batches, class_set, runtime, per_image=True)
-    order = _worst_first(result["image_miou"])[:worst]
+    order = worst_first(result["image_miou"])[:worst]
     rows = comparison_rows(model, [cached[i] for i in order], runtime)
     worst_scores = [result["image_miou"][i] for i in order]
-    return _Scored(result["scores"], result["matrix"], rows, worst_scores)
-
-
-def _draw(scored: _Scored, class_set: ClassSet, split: str, out: Path) -> None:
-    """The per-class IoU chart, the confusion matrix and one grid per worst image."""
-    scores = scored.scores
-    title = f"{split}: mIoU {scores.miou:.3f}"
-    viz.plot_class_bars(
-        class_set.names, scores.iou.tolist(), out / "per_class_iou.png", "IoU", title
-    )
-    viz.plot_confusion(scored.matrix, class_set.names, out / "confusion_matrix.png")
-    for rank, (row, value) in enumerate(zip(scored.worst_rows, scored.worst_scores), start=1):
-        grid = viz.comparison_grid([row], class_set)
-        viz.save_image(grid, out / f"worst_{rank:02d}_miou_{value:.3f}.png")
+    return Scored(result["scores"], result["matrix"], rows, worst_scores)

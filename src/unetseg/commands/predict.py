@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from unetseg.core.classes import ClassSet
 from unetseg.core.config import check_scales
+from unetseg.core.files import write_json
 from unetseg.core.runtime import sigterm_as_interrupt
 from unetseg.data.io import DataError, list_images, read_rgb
 from unetseg.engine import viz
@@ -30,11 +31,16 @@ from unetseg.engine.inference import (
 )
 
 OVERLAY_QUALITY = 90
+# Decoded images waiting or being written, in pixels: a few large photos, or many small ones,
+# never many large ones at once (memory stays bounded whatever their number).
+PIXELS_IN_FLIGHT = 32_000_000
+LEGEND_FILES = ("classes.json", "legend.png")  # written once per output folder
 
 
 @dataclass
 class PredictReport:
-    """What a ``predict_paths`` run did: the colour file per written image, and the failures."""
+    """What a ``predict_paths`` run did: the first output file per written image (the colour
+    mask, or the id mask alone), and the failures."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
@@ -46,11 +52,17 @@ class _Job:
     source: Path
     stem: Path  # the output path without the "_color.png" etc. ending
 
-    def targets(self, class_set: ClassSet) -> list[Path]:
-        """The colour, overlay and id mask paths."""
-        ids = "labelIds" if class_set.label_ids is not None else "trainIds"
-        endings = ("color.png", "overlay.jpg", f"{ids}.png")
+    def targets(self, endings: Sequence[str]) -> list[Path]:
+        """This image's output paths, one per ending."""
         return [self.stem.with_name(f"{self.stem.name}_{ending}") for ending in endings]
+
+
+def output_endings(class_set: ClassSet, ids_only: bool = False) -> tuple[str, ...]:
+    """The files written per image: colour mask, overlay and id mask, or the id mask alone (the
+    folder the official Cityscapes evaluation and test server take). Cityscapes tables write label
+    ids, others their class ids."""
+    ids = "labelIds.png" if class_set.label_ids is not None else "classIds.png"
+    return (ids,) if ids_only else ("color.png", "overlay.jpg", ids)
 
 
 def predict_paths(
@@ -62,8 +74,10 @@ def predict_paths(
     sliding_window: bool = False,
     progress: bool = True,
     scales: Sequence[float] = (1.0,),
+    ids_only: bool = False,
 ) -> PredictReport:
-    """Write colour, overlay and id masks for every image in ``inputs`` (files and folders).
+    """Write colour, overlay and id masks (``ids_only``: id masks alone) for every image in
+    ``inputs`` (files and folders), and ``classes.json`` + ``legend.png`` for reading them.
 
     Outputs keep an input folder's sub-folders below ``output`` and the original image size.
     Unreadable images, and images whose outputs would replace an input file, are reported in
@@ -74,12 +88,13 @@ def predict_paths(
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     check_scales(scales, sliding_window)
     report = PredictReport()
-    jobs = _plan(inputs, output, predictor.class_set, report)
+    endings = output_endings(predictor.class_set, ids_only)
+    jobs = _plan(inputs, output, endings, report)
     workers = min(4, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="predict-io")
     bar = tqdm(total=len(jobs) + len(report.failed), disable=not progress, unit="image")
     bar.update(len(report.failed))
-    writer = _Writer(pool, predictor.class_set, report, bar, depth=2 * workers)
+    writer = _Writer(pool, predictor.class_set, endings, report, bar, depth=2 * workers)
     batcher = _Batcher(predictor, batch_size, tta, scales, writer)
     with sigterm_as_interrupt():  # SIGTERM: the same clean stop as Ctrl-C
         try:
@@ -96,11 +111,24 @@ def predict_paths(
             pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
     report.written = [path for _, path in sorted(writer.written)]
+    if report.written:
+        _write_legend(output, predictor.class_set)
     return report
 
 
+def _write_legend(output: Path, class_set: ClassSet) -> None:
+    """What the masks mean: each id with its class name and colour, as JSON and as a picture."""
+    ids = class_set.label_ids or range(class_set.num_classes)
+    table = [
+        {"id": int(i), "name": name, "color": list(color)}
+        for i, name, color in zip(ids, class_set.names, class_set.colors)
+    ]
+    write_json(output / LEGEND_FILES[0], {"class_set": class_set.name, "classes": table})
+    viz.save_image(viz.legend_strip(class_set, 800), output / LEGEND_FILES[1])
+
+
 def _plan(
-    inputs: Sequence[Path], output: Path, class_set: ClassSet, report: PredictReport
+    inputs: Sequence[Path], output: Path, endings: Sequence[str], report: PredictReport
 ) -> list[_Job]:
     """One job per distinct image; images whose outputs would collide or replace an input fail."""
     sources: list[tuple[Path, Path]] = []  # (file, output stem relative to ``output``)
@@ -114,7 +142,12 @@ def _plan(
         else:
             sources.append((item, Path(item.stem)))
     protected = {f.resolve(): f for f, _ in sources}
-    claimed: dict[Path, Path] = {}
+    # The legend files are the run's own: no image's outputs, nor an input, may be them.
+    claimed: dict[Path, Path] = {(output / n).resolve(): Path(n) for n in LEGEND_FILES}
+    for name in LEGEND_FILES:
+        if (output / name).resolve() in protected:
+            _fail(report, output / name, f"{output / name}: an input where the legend goes")
+            return []
     seen: set[Path] = set()
     jobs: list[_Job] = []
     for source, relative in sources:
@@ -122,7 +155,7 @@ def _plan(
             continue  # the same file given twice (e.g. a folder and a file in it)
         seen.add(source.resolve())
         job = _Job(len(jobs), source, output / relative)
-        problem = _output_problem(job, class_set, protected, claimed)
+        problem = _output_problem(job, endings, protected, claimed)
         if problem:
             _fail(report, source, problem)
         else:
@@ -140,10 +173,10 @@ def _is_output_inside(file: Path, folder: Path, output: Path) -> bool:
 
 
 def _output_problem(
-    job: _Job, class_set: ClassSet, protected: dict[Path, Path], claimed: dict[Path, Path]
+    job: _Job, endings: Sequence[str], protected: dict[Path, Path], claimed: dict[Path, Path]
 ) -> str | None:
     """Why ``job`` may not write its outputs (None: it may, and they are claimed for it)."""
-    targets = job.targets(class_set)
+    targets = job.targets(endings)
     for target in targets:
         resolved = target.resolve()
         if resolved in protected:
@@ -172,10 +205,14 @@ def _read_ahead(
         except DataError as error:
             writer.fail(job, str(error))
 
+    last_pixels = PIXELS_IN_FLIGHT  # one at a time until an image's size is known
     for job in jobs:
         queue.append((job, pool.submit(read_rgb, job.source)))
-        if len(queue) > depth:
-            yield from oldest()
+        # As deep as ``depth`` for small images, shallower as the last decoded one was larger.
+        while len(queue) > max(1, min(depth, PIXELS_IN_FLIGHT // last_pixels)):
+            for decoded in oldest():
+                last_pixels = decoded[1].shape[0] * decoded[1].shape[1]
+                yield decoded
     while queue:
         yield from oldest()
 
@@ -203,13 +240,18 @@ class _Batcher:
         self.groups.setdefault(size, []).append((job, image))
         if len(self.groups[size]) >= self.batch_size:
             self._run(size)
-        elif sum(map(len, self.groups.values())) >= 4 * self.batch_size:
-            # Many sizes, few images each: bound the decoded images held in memory.
+        elif sum(map(len, self.groups.values())) >= 4 * self.batch_size or self._pixels() > (
+            PIXELS_IN_FLIGHT
+        ):
+            # Many sizes, few images each, or large ones: bound the decoded images held.
             self._run(max(self.groups, key=lambda s: len(self.groups[s])))
 
     def flush(self) -> None:
         for size in list(self.groups):
             self._run(size)
+
+    def _pixels(self) -> int:
+        return sum(image.shape[0] * image.shape[1] for g in self.groups.values() for _, image in g)
 
     def _run(self, size: tuple[int, int]) -> None:
         group = self.groups.pop(size)
@@ -226,24 +268,31 @@ class _Writer:
         self,
         pool: ThreadPoolExecutor,
         class_set: ClassSet,
+        endings: Sequence[str],
         report: PredictReport,
         bar: tqdm,
         depth: int,
     ) -> None:
         self.pool = pool
         self.class_set = class_set
+        self.endings = endings
         self.report = report
         self.bar = bar
         self.depth = depth
-        self.written: list[tuple[int, Path]] = []  # (job index, colour file)
-        self.in_flight: collections.deque[tuple[_Job, Future[None]]] = collections.deque()
+        self.written: list[tuple[int, Path]] = []  # (job index, its first output file)
+        # (job, its write, its pixels)
+        self.in_flight: collections.deque[tuple[_Job, Future[None], int]] = collections.deque()
         # Train id -> the id written to the mask file (Cityscapes label id, else the train id).
         self.id_table = np.zeros(256, dtype=np.uint8)
         self.id_table[: class_set.num_classes] = class_set.label_ids or range(class_set.num_classes)
 
     def submit(self, job: _Job, image: np.ndarray, mask: np.ndarray) -> None:
-        self.in_flight.append((job, self.pool.submit(self._write, job, image, mask)))
-        while len(self.in_flight) > self.depth:
+        pixels = mask.size
+        self.in_flight.append((job, self.pool.submit(self._write, job, image, mask), pixels))
+        while len(self.in_flight) > 1 and (
+            len(self.in_flight) > self.depth
+            or sum(p for _, _, p in self.in_flight) > PIXELS_IN_FLIGHT
+        ):
             self._finish_oldest()
 
     def drain(self) -> None:
@@ -255,17 +304,21 @@ class _Writer:
         self.bar.update()
 
     def _finish_oldest(self) -> None:
-        job, future = self.in_flight.popleft()
+        job, future, _ = self.in_flight.popleft()
         try:
             future.result()
         except (OSError, ValueError) as error:
             self.fail(job, f"{job.source}: cannot write outputs: {error}")
             return
-        self.written.append((job.index, job.targets(self.class_set)[0]))
+        self.written.append((job.index, job.targets(self.endings)[0]))
         self.bar.update()
 
     def _write(self, job: _Job, image: np.ndarray, mask: np.ndarray) -> None:
-        color, blend, ids = job.targets(self.class_set)
-        viz.save_image(viz.colorize(mask, self.class_set), color)
-        viz.save_image(viz.overlay(image, mask, self.class_set), blend, quality=OVERLAY_QUALITY)
-        viz.save_image(self.id_table[mask], ids)
+        for ending, path in zip(self.endings, job.targets(self.endings)):
+            if ending == "color.png":
+                viz.save_image(viz.colorize(mask, self.class_set), path)
+            elif ending == "overlay.jpg":
+                overlay = viz.overlay(image, mask, self.class_set)
+                viz.save_image(overlay, path, quality=OVERLAY_QUALITY)
+            else:
+                viz.save_image(self.id_table[mask], path)

@@ -7,10 +7,12 @@ verifies it and falls back to the newest checkpoint that verifies and loads.
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
+import os
 import pickle
 import re
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -22,7 +24,7 @@ from torch import nn
 from unetseg.core.classes import ClassSet
 from unetseg.core.config import Config, from_dict, normalisation
 from unetseg.core.encoders import ENCODERS
-from unetseg.core.files import atomic_path, write_text
+from unetseg.core.files import atomic_path, sha256_of, write_text
 from unetseg.core.model import NORMALISATION_KEYS, SegmentationNet, build_model
 
 FORMAT = "unetseg-checkpoint-1"
@@ -34,21 +36,23 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and the reason."""
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` atomically (temporary file, fsync, rename), then its checksum."""
     # A checksum of the file being replaced must not outlive it (a stop between the two writes).
     path.with_name(path.name + ".sha256").unlink(missing_ok=True)
     with atomic_path(path, fsync=True) as temporary:
-        torch.save(state, temporary)
+        try:
+            torch.save(state, temporary)
+        except RuntimeError as error:  # how torch's archive writer reports a failed write
+            raise _write_error(temporary, error) from None
     write_text(path.with_name(path.name + ".sha256"), sha256_of(path) + "\n")
+
+
+def _write_error(path: Path, error: RuntimeError) -> OSError:
+    """torch.save's failure as the OSError it is: a full disk, when the disk is full."""
+    if shutil.disk_usage(path.parent).free < 1 << 20:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return OSError(errno.EIO, f"torch.save failed: {str(error).splitlines()[0]}", str(path))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -141,14 +145,54 @@ def config_of(state: dict[str, Any]) -> Config:
     return from_dict(state["config"], source="checkpoint config")
 
 
-def model_from_checkpoint(path: Path) -> tuple[SegmentationNet, Config, ClassSet]:
+def resolve_checkpoint(source: str | Path) -> Path:
+    """The weights file a user means: a file as given, or in a run folder its ``best.pt``, else
+    ``final.pt``, else ``model.safetensors``; CheckpointError naming what is missing."""
+    path = Path(source)
+    if not path.is_dir():
+        return path
+    for name in ("best.pt", "final.pt", "model.safetensors"):
+        if (path / name).is_file():
+            return path / name
+    raise CheckpointError(f"{path}: a folder without best.pt, final.pt or model.safetensors")
+
+
+def model_from_checkpoint(source: str | Path) -> tuple[SegmentationNet, Config, ClassSet]:
     """The trained model (eval mode, CPU; its weight average if it has one), configuration and
-    class set."""
+    class set, from a checkpoint, a run folder or a ``model.safetensors`` with its JSON."""
+    path = resolve_checkpoint(source)
+    if path.suffix == ".safetensors":
+        return _model_from_safetensors(path)
     state = load_checkpoint(path)
     config, class_set = config_of(state), ClassSet.from_dict(state["class_set"])
     model = build_model(config, class_set.num_classes)
     average = state.get("ema") or {}  # the weight average is what a run evaluated and ships
     load_weights(model, average.get("weights", state["model"]), path)
+    return model.eval(), config, class_set
+
+
+def _model_from_safetensors(path: Path) -> tuple[SegmentationNet, Config, ClassSet]:
+    """Weights written by ``export_safetensors``, rebuilt from the ``model.json`` beside them."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    meta_path = path.with_suffix(".json")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        config = from_dict(meta["config"], source=str(meta_path))
+        class_set = ClassSet.from_dict(meta["class_set"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{meta_path}: not the metadata written beside {path.name} ({error})"
+        ) from None
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path}: not readable safetensors ({error})") from None
+    model = build_model(config, class_set.num_classes)
+    load_weights(model, weights, path)
     return model.eval(), config, class_set
 
 
@@ -201,6 +245,7 @@ def model_metadata(config: Config, class_set: ClassSet) -> dict[str, Any]:
     return {
         "architecture": "unet",
         "model": config.to_dict()["model"],
+        "config": config.to_dict(),  # the run's, so that evaluate finds its data again
         "input": MODEL_INPUT,
         "input_size": config.data.size,
         "size_factor": ENCODERS[config.model.encoder].size_factor,

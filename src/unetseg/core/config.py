@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -186,6 +187,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _read_yaml(Path(path))
+    given: dict[str, Any] = {}
+    for item in overrides or []:
+        _apply_override(given, item)
+    from_dict(given, source="command line")  # a typo in an override is not the file's
     for item in overrides or []:
         _apply_override(raw, item)
     config = from_dict(raw, source=str(path) if path else "config")
@@ -243,6 +248,8 @@ def _coerce(value: Any, expected: Any, where: str) -> Any:
         return value
     if origin is list:
         (item_type,) = typing.get_args(expected)
+        if item_type is int and isinstance(value, str) and re.fullmatch(r"\d+x\d+", value):
+            value = [int(side) for side in value.split("x")]  # sizes as the CLI writes them
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -390,6 +397,7 @@ def _validate_model(config: Config) -> None:
     tuned = {
         "train.encoder_lr_scale": t.encoder_lr_scale != 1.0,
         "train.freeze_encoder_steps": t.freeze_encoder_steps > 0,
+        "model.freeze_encoder_bn": m.freeze_encoder_bn,  # random statistics would stay random
     }
     for key, used in tuned.items():
         if used and not pretrained:
@@ -397,10 +405,6 @@ def _validate_model(config: Config) -> None:
                 f"{key}: only for a pretrained encoder (model.encoder efficientnet_lite0/1/2 "
                 f"with model.pretrained true), not {m.encoder}"
             )
-    if m.freeze_encoder_bn and not ENCODERS[m.encoder].pretrainable:
-        raise ConfigError(
-            f"model.freeze_encoder_bn: only for the EfficientNet-Lite encoders, not {m.encoder}"
-        )
 
 
 def _validate_loss(config: Config) -> None:
@@ -477,6 +481,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read: {error}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data or {}
 
 
@@ -484,6 +490,8 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply ``section.key=value`` (value parsed as YAML) to the nested dict."""
     dotted, sep, text = item.partition("=")
     parts = dotted.strip().split(".")
+    if not sep and item.endswith((".yaml", ".yml")):
+        raise ConfigError(f"{item!r}: a configuration file is given as --config {item}")
     if not sep or len(parts) != 2 or not all(parts):
         raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.base_lr=3e-4")
     try:

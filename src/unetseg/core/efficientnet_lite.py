@@ -18,7 +18,6 @@ are those of the reference implementation (``efficientnet-lite-pytorch``), renam
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetseg.core.encoders import ENCODERS, LITE_ENCODERS
+from unetseg.core.files import sha256_of
 
 BN_EPS = 1e-3  # TensorFlow's batch_norm_epsilon
 BN_MOMENTUM = 0.01  # TensorFlow's batch_norm_momentum 0.99, as PyTorch counts it
@@ -189,7 +189,7 @@ def load_imagenet_weights(encoder: LiteEncoder, name: str, path: Path | None = N
     assert expected is not None
     if not path.is_file():
         raise WeightsError(f"{path}: ImageNet weights file missing; reinstall its package")
-    if hashlib.sha256(path.read_bytes()).hexdigest() != expected.sha256:
+    if sha256_of(path) != expected.sha256:
         raise WeightsError(f"{path}: sha256 mismatch (corrupted or not the released weights)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     renamed = {_encoder_key(key): value for key, value in state.items()}

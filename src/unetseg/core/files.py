@@ -1,10 +1,11 @@
-"""Atomic file writes (a reader sees the old file or the complete new one, never half of one) and
-an exclusive lock on a file."""
+"""Files: atomic writes (a reader sees the old file or the complete new one, never half of one),
+an exclusive lock, and checksums."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -53,3 +54,12 @@ def exclusive_lock(path: Path) -> Iterator[None]:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         yield
+
+
+def sha256_of(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

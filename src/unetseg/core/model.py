@@ -324,7 +324,7 @@ class LiteUNet(nn.Module):
         super().train(mode)
         if mode and self.freeze_encoder_bn:
             for module in self.encoder.modules():
-                if isinstance(module, nn.BatchNorm2d):
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):  # SyncBatchNorm too
                     module.eval()
         return self
 

@@ -8,6 +8,7 @@ renamed into place only when complete, so an interrupted prepare leaves no half 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -155,6 +156,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A uint8 .npy array memory-mapped for writing, its blocks allocated on disk first: a
+    memory-mapped write to a sparse file on a full disk kills the process with SIGBUS, while
+    allocating says "No space left on device" (OSError) before any work."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    allocate = getattr(os, "posix_fallocate", None)  # not on macOS
+    if allocate is not None:
+        with open(path, "r+b") as handle:
+            try:
+                allocate(handle.fileno(), 0, os.path.getsize(path))
+            except OSError as error:
+                if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # unsupported: go on
+                    raise
+    return array
+
+
 def _write_cache(
     samples: Sequence[Sample],
     class_set: ClassSet,
@@ -165,12 +182,8 @@ def _write_cache(
     progress: bool,
 ) -> None:
     width, height = size
-    images = np.lib.format.open_memmap(
-        folder / "images.npy", mode="w+", dtype=np.uint8, shape=(len(samples), height, width, 3)
-    )
-    masks = np.lib.format.open_memmap(
-        folder / "masks.npy", mode="w+", dtype=np.uint8, shape=(len(samples), height, width)
-    )
+    images = _allocated_memmap(folder / "images.npy", (len(samples), height, width, 3))
+    masks = _allocated_memmap(folder / "masks.npy", (len(samples), height, width))
     kept, problems = [], []
     pairs = parallel_map(
         load_pair, samples, class_set, size, description=f"prepare {name}", progress=progress

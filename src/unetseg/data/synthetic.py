@@ -18,6 +18,7 @@ import numpy as np
 from cityscapesscripts.helpers.labels import name2label
 from PIL import Image, ImageDraw
 
+from unetseg.core.config import ConfigError
 from unetseg.core.files import atomic_path, write_json
 from unetseg.core.parallel import parallel_map
 
@@ -989,9 +990,11 @@ def synthesize(
     """
     width, height = size
     if n_train < 0 or n_val < 0 or seed < 0:
-        raise ValueError("n_train, n_val and seed must be non-negative")
+        raise ConfigError("synthetic scenes: the counts and the seed must be non-negative")
     if width < 32 or height < 16:
-        raise ValueError(f"size {size} is too small; use at least (32, 16)")
+        raise ConfigError(
+            f"synthetic scenes: size {width}x{height} is too small; use at least 32x16"
+        )
     jobs = [
         (Path(out), s, i, width, height, seed)
         for s, n in enumerate((n_train, n_val))

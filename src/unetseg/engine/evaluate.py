@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,9 +14,11 @@ import torch.distributed as dist
 from torch import nn
 
 from unetseg.core.classes import IGNORE_INDEX, ClassSet
-from unetseg.core.metrics import ConfusionMatrix
+from unetseg.core.files import write_json
+from unetseg.core.metrics import ConfusionMatrix, SegmentationScores
 from unetseg.core.runtime import Runtime
 from unetseg.data.transforms import prepare_batch
+from unetseg.engine import viz
 
 
 def per_image_matrices(
@@ -101,3 +105,39 @@ def comparison_rows(
     with runtime.autocast():
         prediction = model(runtime.prepare_input(x)).argmax(1).cpu().numpy().astype(np.uint8)
     return [(i.numpy(), m.numpy(), p) for i, m, p in zip(images, masks, prediction)]
+
+
+@dataclasses.dataclass
+class Scored:
+    """Scores of a split, and its worst images as (image, truth, prediction) rows."""
+
+    scores: SegmentationScores
+    matrix: np.ndarray
+    worst_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    worst_scores: list[float]
+
+
+def worst_first(image_mious: Sequence[float]) -> list[int]:
+    """Image indices by mIoU, lowest first (images scoring nothing at all last)."""
+    return sorted(
+        range(len(image_mious)), key=lambda i: (math.isnan(image_mious[i]), image_mious[i])
+    )
+
+
+def write_evaluation(
+    out: Path, metrics: dict[str, Any], scored: Scored, class_set: ClassSet, split: str
+) -> None:
+    """An evaluation folder: metrics.json, the per-class IoU chart, the confusion matrix and one
+    grid per worst image (what report.html shows)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("worst_*.png"):  # an earlier scoring's, named by their mIoU
+        stale.unlink()
+    write_json(out / "metrics.json", metrics)
+    scores = scored.scores
+    title = f"{split}: mIoU {scores.miou:.3f}"
+    chart = out / "per_class_iou.png"
+    viz.plot_class_bars(class_set.names, scores.iou.tolist(), chart, "IoU", title)
+    viz.plot_confusion(scored.matrix, class_set.names, out / "confusion_matrix.png")
+    for rank, (row, value) in enumerate(zip(scored.worst_rows, scored.worst_scores), start=1):
+        grid = viz.comparison_grid([row], class_set)
+        viz.save_image(grid, out / f"worst_{rank:02d}_miou_{value:.3f}.png")

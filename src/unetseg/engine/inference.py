@@ -24,6 +24,7 @@ from unetseg.core.classes import ClassSet
 from unetseg.core.config import Config, check_scales
 from unetseg.core.model import SegmentationNet, check_input_size
 from unetseg.core.runtime import Runtime, local_runtime
+from unetseg.data.io import read_rgb, to_rgb
 from unetseg.data.transforms import to_model_input
 
 UPSAMPLE_ROWS = 256  # output rows upsampled at once: bounds memory to C x 256 x W floats
@@ -49,8 +50,9 @@ class Predictor:
         self.device = device  # where inputs go and where ``device_logits`` returns them
 
     @classmethod
-    def from_checkpoint(cls, path: Path, device: str = "auto") -> Predictor:
-        """A checkpoint's model in eval mode on ``device`` (auto: CUDA, then MPS, then CPU)."""
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Predictor:
+        """A checkpoint's model (a ``.pt``, a ``model.safetensors`` with its JSON, or a run
+        folder) in eval mode on ``device`` (auto: CUDA, then MPS, then CPU)."""
         model, config, class_set = model_from_checkpoint(path)
         return cls.from_model(
             model, config, class_set, local_runtime(device, config.train.precision)
@@ -144,16 +146,43 @@ def _ceil_to(side: int, factor: int) -> int:
     return -(-side // factor) * factor
 
 
+ImageLike = np.ndarray | Image.Image | str | Path
+
+
+def as_rgb(image: ImageLike) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from an image file, a PIL image, or an array: uint8 or float in [0, 1],
+    RGB, RGBA (alpha dropped) or grey (H, W). ValueError for anything else."""
+    if isinstance(image, (str, Path)):
+        return read_rgb(Path(image))
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4) or 0 in array.shape:
+        raise ValueError(f"an image must be (H, W, 3) RGB or (H, W) grey, got shape {array.shape}")
+    array = array[..., :3]
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise ValueError(
+                f"a float image must hold values in [0, 1], got {array.min()} to {array.max()}"
+            )
+        return (array * 255).round().astype(np.uint8)
+    raise ValueError(f"an image must be uint8 or float in [0, 1], not {array.dtype}")
+
+
 @torch.inference_mode()
 def predict_image(
     predictor: Predictor,
-    image: np.ndarray,
+    image: ImageLike,
     tta: bool = False,
     sliding_window: bool = False,
     batch_size: int = 4,
     scales: Sequence[float] = (1.0,),
 ) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H, W) uint8 train ids at the image's own resolution.
+    """One image (see ``as_rgb``) -> (H, W) uint8 train ids at the image's own resolution.
 
     By default the image is resized to ``inference_size``, and the logits are upsampled back
     (bilinear) and arg-maxed. ``tta`` averages the softmax with that of the mirrored image.
@@ -162,9 +191,10 @@ def predict_image(
     ``scales`` (resize path only) averages the softmax over the inference size times each scale.
     """
     check_scales(scales, sliding_window)
+    rgb = as_rgb(image)
     if sliding_window:
-        return _predict_sliding(predictor, image, tta, batch_size)
-    return predict_batch(predictor, [image], tta, scales)[0]
+        return _predict_sliding(predictor, rgb, tta, batch_size)
+    return predict_batch(predictor, [rgb], tta, scales)[0]
 
 
 def predict_batch(

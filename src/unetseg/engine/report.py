@@ -18,6 +18,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from unetseg.core.config import Config
 from unetseg.core.files import write_text
 
 MAX_SNAPSHOTS = 6
@@ -271,6 +274,7 @@ def _summary(run_dir: Path, evaluation: Path | None) -> str:
     best = _best_eval(run_dir)
     if best is not None:
         pairs.append(("best val mIoU (eval.jsonl)", f"{best[0]:.4f} at {best[1]}"))
+    pairs += _how_it_ran(run_dir)
     scored = read_json(evaluation / "metrics.json") if evaluation else None
     if isinstance(scored, dict):
         split = scored.get("split", "?")
@@ -285,16 +289,70 @@ def _summary(run_dir: Path, evaluation: Path | None) -> str:
     return _pairs(pairs) + notes
 
 
+def _how_it_ran(run_dir: Path) -> list[tuple[str, str]]:
+    """Model, device, resolved precision (run.json), throughput and training time (log.jsonl)."""
+    facts, rows = read_json(run_dir / "run.json"), read_jsonl(run_dir / "log.jsonl")
+    pairs = []
+    if isinstance(facts, dict):
+        weights = "ImageNet encoder" if facts.get("pretrained") else "random weights"
+        pairs += [
+            (
+                "model",
+                f"{facts.get('encoder')} ({weights}), {_fmt_count(facts.get('parameters'))} parameters",
+            ),
+            (
+                "device",
+                f"{facts.get('device')}, {facts.get('precision')}, {facts.get('processes')} process(es)",
+            ),
+        ]
+    speeds = [r["images_per_s"] for r in rows if isinstance(r.get("images_per_s"), (int, float))]
+    if speeds:
+        pairs.append(
+            (
+                "training images/s (median of logged steps)",
+                f"{sorted(speeds)[len(speeds) // 2]:.2f}",
+            )
+        )
+    elapsed = [r["elapsed_s"] for r in rows if isinstance(r.get("elapsed_s"), (int, float))]
+    if elapsed:
+        pairs.append(("training time", f"{max(elapsed) / 60:.1f} min"))
+    return pairs
+
+
 def _config(run_dir: Path) -> str:
+    """The settings that differ from the defaults, then the whole resolved file, folded."""
     try:
         text = (run_dir / "config.yaml").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return _missing("config.yaml")
-    return f"<pre>{_esc(text)}</pre>"
+    changed = _changed_settings(text)
+    listed = "".join(f"<li><code>{_esc(item)}</code></li>" for item in changed)
+    return (
+        f"<p>Settings other than the defaults:</p><ul>{listed or '<li>none</li>'}</ul>"
+        f"<details><summary>config.yaml</summary><pre>{_esc(text)}</pre></details>"
+    )
+
+
+def _changed_settings(text: str) -> list[str]:
+    """``section.key=value`` for each value of the YAML that is not the default."""
+    try:
+        given = yaml.safe_load(text)
+        defaults = Config().to_dict()
+    except yaml.YAMLError:
+        return []
+    if not isinstance(given, dict):
+        return []
+    return [
+        f"{section}.{key}={value}"
+        for section, values in given.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+        if defaults.get(section, {}).get(key) != value
+    ]
 
 
 def _curves(run_dir: Path) -> str:
-    names = ("schedule.png", "curves_loss.png", "curves_miou.png")
+    names = ("curves_loss.png", "curves_miou.png", "curves_lr.png")
     found = [run_dir / n for n in names if (run_dir / n).is_file()]
     missing = "".join(_missing(n) for n in names if not (run_dir / n).is_file())
     return (_gallery(found, "charts") if found else "") + missing

@@ -67,6 +67,7 @@ class RunLog:
             {"val mIoU": ([r["step"] for r in evals], [r["miou"] for r in evals])},
             self.run_dir / "curves_miou.png",
             "mIoU",
+            ylim=(0.0, 1.0),
         )
         viz.plot_curves(
             {"learning rate": ([r["step"] for r in train], [r["lr"] for r in train])},

@@ -1,11 +1,13 @@
 """The training loop, top to bottom.
 
-One run writes everything into one folder:
-``config.yaml``, ``schedule.png`` (runs without a time budget), ``log.jsonl`` (a row per logged
-step), ``eval.jsonl`` (a row per evaluation), ``curves_loss.png`` / ``curves_miou.png`` /
-``curves_lr.png``, ``snapshots/step_N.png``,
-``checkpoints/step_N.pt`` (+ ``.sha256``), ``best.pt``, ``final.pt``, ``model.safetensors`` (+ ``.json``)
-``metrics.json`` (the final full evaluation on the validation split) and ``report.html``.
+One run writes everything into one folder, which rank 0 holds locked (``.lock``) while it runs:
+``config.yaml``, ``run.json`` (what the run resolved to: device, precision, data, steps),
+``schedule.png`` (runs without a time budget), ``log.jsonl`` (a row per logged step),
+``eval.jsonl`` (a row per evaluation), ``curves_loss.png`` / ``curves_miou.png`` /
+``curves_lr.png``, ``snapshots/step_N.png``, ``checkpoints/step_N.pt`` (+ ``.sha256``),
+``best.pt``, ``final.pt``, ``model.safetensors`` (+ ``.json``), ``metrics.json`` and
+``evaluation/`` (the final full evaluation on the validation split, with its charts) and
+``report.html``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,13 @@ from unetseg.data.prepare import prepare_data
 from unetseg.data.statistics import rare_class_weights, stats_of_masks
 from unetseg.data.transforms import prepare_batch
 from unetseg.engine import viz
-from unetseg.engine.evaluate import comparison_rows, evaluate_model
+from unetseg.engine.evaluate import (
+    Scored,
+    comparison_rows,
+    evaluate_model,
+    worst_first,
+    write_evaluation,
+)
 from unetseg.engine.report import write_report
 from unetseg.engine.runlog import RunLog
 
@@ -209,10 +217,12 @@ class Trainer:
     def _resume(self) -> None:
         found = ckpt.latest_good_checkpoint(self.run_dir)
         if found is None:
-            raise TrainingError(
-                f"{self.run_dir}: no usable checkpoint to resume from; start it afresh with "
-                f"--out {self.run_dir}"
+            fix = (
+                f"move {self.run_dir / 'checkpoints'} aside to start afresh there"
+                if ckpt.checkpoint_paths(self.run_dir)
+                else f"start it afresh with --out {self.run_dir}"
             )
+            raise TrainingError(f"{self.run_dir}: no usable checkpoint to resume from; {fix}")
         path, state = found
         ckpt.load_weights(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -388,7 +398,8 @@ class Trainer:
         }
 
     # -- evaluation, snapshots, logs --------------------------------------------------------
-    def evaluate(self, max_batches: int) -> dict[str, Any]:
+    def evaluate(self, max_batches: int, per_image: bool = False) -> dict[str, Any]:
+        """Scores of the weights that ship over ``max_batches`` val batches (0: all of them)."""
         loader = val_loader(
             self.data["val"],
             self.config.train.batch_size,
@@ -404,16 +415,18 @@ class Trainer:
             self.rt,
             self.loss_fn,
             max_batches,
+            per_image,
         )
         return result
 
     def snapshot(self) -> None:
-        """A grid of fixed val images: image | ground truth | prediction."""
+        """A grid of fixed val images, spread over the split (consecutive frames of a video
+        look alike): image | ground truth | prediction."""
         val = self.data["val"]
         count = min(self.config.train.snapshot_images, len(val))
         if count == 0 or not self.rt.is_main:
             return
-        pairs = [val[i] for i in range(count)]
+        pairs = [val[i * len(val) // count] for i in range(count)]
         rows = comparison_rows(ckpt.unwrap(self.eval_model), pairs, self.rt)
         grid = viz.comparison_grid(rows, self.class_set)
         grid = np.concatenate([grid, viz.legend_strip(self.class_set, grid.shape[1])], axis=0)
@@ -433,6 +446,9 @@ def train(
                 f"{run_dir} already holds a run: continue it with --resume, or choose another "
                 "folder"
             )
+        if not resume:  # a killed first attempt's best weights must not pass for this run's
+            for stale in (run_dir / "best.pt", run_dir / "best.pt.sha256"):
+                stale.unlink(missing_ok=True)
         trainer = Trainer(config, run_dir, resume, progress)
         try:
             return _run(trainer)
@@ -454,14 +470,15 @@ def _one_run_per_folder(run_dir: Path) -> Iterator[None]:
         yield
         return
     lock = run_dir / ".lock"
-    try:
-        with exclusive_lock(lock):
-            yield
-    except BlockingIOError:
-        holder = lock.read_text().strip() or "another process"
-        raise TrainingError(
-            f"{run_dir} is in use by another training (pid {holder}); wait for it or stop it"
-        ) from None
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(lock))
+        except BlockingIOError:
+            holder = lock.read_text().strip() or "another process"
+            raise TrainingError(
+                f"{run_dir} is in use by another training (pid {holder}); wait for it or stop it"
+            ) from None
+        yield
 
 
 def _run(trainer: Trainer) -> TrainResult:
@@ -632,7 +649,7 @@ def _finish(trainer: Trainer, log: RunLog) -> TrainResult:
     """Final checkpoint, shareable weights, a full validation pass and its metrics.json."""
     run_dir = trainer.run_dir
     final = trainer.save(run_dir / "final.pt")
-    result = trainer.evaluate(max_batches=0)
+    result = trainer.evaluate(max_batches=0, per_image=True)
     if trainer.rt.is_main and result["scores"].miou > trainer.best_miou:
         # Steps after the last periodic evaluation (a time budget ends anywhere) count too.
         trainer.best_miou = float(result["scores"].miou)
@@ -644,11 +661,26 @@ def _finish(trainer: Trainer, log: RunLog) -> TrainResult:
             trainer.eval_model, trainer.config, trainer.class_set, run_dir / "model.safetensors"
         )
         write_json(run_dir / "metrics.json", metrics)
+        _write_final_evaluation(trainer, result, metrics)
         trainer.snapshot()
         write_report(run_dir)
     log.close()
     best = run_dir / "best.pt"
     return TrainResult(run_dir, final, best if best.is_file() else None, metrics)
+
+
+def _write_final_evaluation(
+    trainer: Trainer, result: dict[str, Any], metrics: dict[str, Any], worst: int = 4
+) -> None:
+    """``evaluation/`` of the final val pass: charts, confusion matrix and worst images, so that
+    report.html shows them without a separate ``unetseg evaluate``."""
+    image_mious = result["image_miou"]  # this rank's share: every world_size-th val image
+    order = worst_first(image_mious)[:worst]
+    val, step = trainer.data["val"], trainer.rt.world_size
+    pairs = [val[i * step] for i in order]
+    rows = comparison_rows(ckpt.unwrap(trainer.eval_model), pairs, trainer.rt)
+    scored = Scored(result["scores"], result["matrix"], rows, [image_mious[i] for i in order])
+    write_evaluation(trainer.run_dir / "evaluation", metrics, scored, trainer.class_set, "val")
 
 
 def _finite(value: float) -> float | None:

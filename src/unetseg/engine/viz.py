@@ -21,10 +21,13 @@ def colorize(train_ids: np.ndarray, class_set: ClassSet) -> np.ndarray:
     return class_set.palette()[train_ids]
 
 
-def overlay(image: np.ndarray, train_ids: np.ndarray, class_set: ClassSet, alpha: float = 0.5):
-    """The image blended with its colour mask."""
-    blended = image.astype(np.float32) * (1 - alpha) + colorize(train_ids, class_set) * alpha
-    return blended.round().astype(np.uint8)
+def overlay(
+    image: np.ndarray, train_ids: np.ndarray, class_set: ClassSet, alpha: float = 0.5
+) -> np.ndarray:
+    """The image blended with its colour mask (in uint8 by Pillow: a 60-megapixel photo costs
+    its own size a few times over, not float copies of it)."""
+    colours = Image.fromarray(colorize(train_ids, class_set))
+    return np.asarray(Image.blend(Image.fromarray(image), colours, alpha))
 
 
 def save_image(array: np.ndarray, path: Path, **options) -> None:
@@ -84,14 +87,20 @@ def plot_schedule(values: Sequence[float], path: Path, title: str = "learning ra
 
 
 def plot_curves(
-    series: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path, ylabel: str
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    ylabel: str,
+    ylim: tuple[float, float] | None = None,
 ) -> None:
-    """Named (steps, values) lines on one chart."""
+    """Named (steps, values) lines on one chart; ``ylim`` fixes the value axis (scores on 0..1,
+    so that a flat curve looks flat)."""
     figure, axis = plt.subplots(figsize=(6, 3.2))
     for name, (steps, values) in series.items():
         axis.plot(steps, values, label=name, marker="o" if len(steps) < 30 else None)
     axis.set_xlabel("optimizer step")
     axis.set_ylabel(ylabel)
+    if ylim is not None:
+        axis.set_ylim(*ylim)
     axis.grid(alpha=0.3)
     axis.legend()
     _save_figure(figure, path)
