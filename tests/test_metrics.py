@@ -14,7 +14,7 @@ from cityscapesscripts.helpers.labels import trainId2label
 from PIL import Image
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from unetseg.core.metrics import ConfusionMatrix, SegmentationScores
+from unetseg.core.metrics import ConfusionMatrix, SegmentationScores, grouped_matrix
 
 IGNORE = 255
 NUM_CITYSCAPES_CLASSES = 19
@@ -241,3 +241,11 @@ def test_agrees_with_official_cityscapes_evaluation(kind: str, tmp_path: Path, m
     np.testing.assert_array_equal(np.isnan(scores.iou), ~reported)
     assert scores.miou == pytest.approx(result["averageScoreClasses"], abs=1e-6)
     assert not (tmp_path / "result.json").exists()
+
+
+def test_grouped_matrix_sums_the_blocks_of_each_group() -> None:
+    matrix = np.array([[5, 1, 0], [2, 7, 3], [0, 4, 9]])  # classes a, b, c; groups x = {a, c}
+    grouped, names = grouped_matrix(matrix, ["x", "y", "x"])
+    assert names == ["x", "y"]
+    # x -> x: a->a 5, a->c 0, c->a 0, c->c 9; x -> y: a->b 1, c->b 4; y -> x: 2 + 3; y -> y: 7
+    assert grouped.tolist() == [[14, 5], [5, 7]]

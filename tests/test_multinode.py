@@ -14,8 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import torch
-from test_train import final_weights, tiny_overrides
+from test_train import assert_same_weights, equivalence_overrides, tiny_overrides
 
 from unetseg.core.checkpoint import latest_good_checkpoint, load_checkpoint
 from unetseg.core.config import load_config
@@ -85,26 +84,12 @@ def two_nodes(tmp_path: Path) -> Iterator[Callable[[Path, list[str]], list[subpr
 
 
 def test_two_nodes_train_as_one_process_with_the_global_batch(synthetic_root, tmp_path, two_nodes):
-    common = tiny_overrides(
-        synthetic_root,
-        tmp_path / "cache",
-        **{
-            "model.dropout": 0.0,
-            "augment.enabled": "false",
-            "train.training_iterations": 3,
-            "train.sync_batchnorm": "true",
-            "train.base_lr": 1e-3,
-            "train.min_lr": 1e-4,
-        },
-    )
+    common = equivalence_overrides(synthetic_root, tmp_path / "cache")
     train(load_config(None, [*common, "train.batch_size=4"]), tmp_path / "single", progress=False)
     nodes = two_nodes(tmp_path / "two", [*common, "train.batch_size=2"])
     for index, process in enumerate(nodes):
         assert process.wait(timeout=300) == 0, (tmp_path / f"node{index}.log").read_text()[-3000:]
-    one, two = final_weights(tmp_path / "single"), final_weights(tmp_path / "two")
-    for key in one:
-        if one[key].is_floating_point():
-            assert torch.allclose(one[key], two[key], atol=5e-5, rtol=1e-5), key
+    assert_same_weights(tmp_path / "single", tmp_path / "two")
     # Only rank 0 wrote the run folder: one line per step, one set of checkpoints.
     steps = (tmp_path / "two" / "log.jsonl").read_text().splitlines()
     assert len(steps) == 3

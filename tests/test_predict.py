@@ -19,7 +19,7 @@ from unetseg.core.model import build_model
 from unetseg.data.transforms import to_model_input
 from unetseg.engine.inference import (
     Predictor,
-    _upsample_argmax,
+    _upsample,
     inference_size,
     predict_image,
 )
@@ -228,11 +228,12 @@ def test_tta_prediction_is_mirror_symmetric(predictor: Predictor) -> None:
 
 
 def test_upsampling_matches_bilinear_interpolation() -> None:
-    scores = torch.randn(5, 17, 23, generator=torch.Generator().manual_seed(0))
+    scores = torch.randn(5, 17, 23, generator=torch.Generator().manual_seed(0)).softmax(0)
     reference = F.interpolate(scores[None], size=(300, 410), mode="bilinear", align_corners=False)
-    mask = _upsample_argmax(scores, 300, 410)
+    mask, confidence = _upsample(scores, 300, 410, confidence=True)
     assert mask.shape == (300, 410)
-    assert (mask == reference[0].argmax(0)).float().mean() > 0.999
+    assert (mask == reference[0].argmax(0).numpy()).mean() > 0.999
+    assert np.allclose(confidence, reference[0].max(0).values.numpy(), atol=1e-5)
 
 
 def test_results_inside_the_input_folder_are_not_inputs(
@@ -311,7 +312,7 @@ def test_checkpoints_from_before_models_normalised_their_inputs_still_load(tmp_p
     state = {"format": FORMAT, "step": 0, "model": model.state_dict(), "config": config.to_dict()}
     state["class_set"] = camvid11().to_dict()
     save_checkpoint(state, tmp_path / "current.pt")
-    for key in ("input_norm.mean", "input_norm.std"):
+    for key in ("input_norm.mean", "input_norm.std", "temperature"):
         del state["model"][key]
     save_checkpoint(state, tmp_path / "old.pt")
     state["config"] = from_dict(

@@ -36,6 +36,8 @@ from test_predict import make_checkpoint, random_image
 from test_train import tiny_overrides
 
 from unetseg.commands.cli import main
+from unetseg.commands.demo import QUICK_RECIPE
+from unetseg.commands.evaluate import evaluate_checkpoint
 from unetseg.core import checkpoint as ckpt
 from unetseg.core.checkpoint import CheckpointError, load_checkpoint, load_weights
 from unetseg.core.classes import camvid11, cityscapes19
@@ -170,6 +172,7 @@ def ddp_train(launch) -> Iterator[tuple[Callable[..., Launched], str]]:
     kills any worker left at the end."""
     tag = uuid.uuid4().hex  # torchrun puts each worker in its own session: found by this tag
     env = {**ENV, "UNETSEG_DIST_TIMEOUT": "30", "UNETSEG_TEST_TAG": tag, "PYTHONFAULTHANDLER": "1"}
+
     torchrun = ["--standalone", "--nproc_per_node=2", "-m", "unetseg", "train"]
 
     def start(*args: object) -> Launched:
@@ -328,7 +331,9 @@ def test_kill_9_at_random_moments_then_resume_equals_a_straight_run(
             "train.snapshot_interval": 1000,
         },
     )
-    train(load_config(None, overrides), tmp_path / "straight", progress=False)  # one thread
+    # the recipe `unetseg train` runs without --config, as the killed runs below do
+    straight = load_config(None, [*QUICK_RECIPE, *overrides])
+    train(straight, tmp_path / "straight", progress=False)  # one thread
 
     # Kill at seeded steps, one in each third of the run (so that a resume, which restarts up to
     # an interval back, never sees the previous run's log reach the next one): on the step, not
@@ -488,16 +493,13 @@ def test_one_non_finite_step_is_skipped_counted_and_training_goes_on(
     rows = [json.loads(line) for line in (result.run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [r["skipped"] for r in rows] == [0, 0, 1, 1, 1, 1]
-    assert math_is_nan(rows[2]["loss"]) and all(not math_is_nan(r["loss"]) for r in rows[3:])
+    # the skipped step's non-finite loss is logged as null (strict JSON)
+    assert rows[2]["loss"] is None and all(isinstance(r["loss"], float) for r in rows[3:])
     weights_equal(around["before"], around["after"])  # parameters and BatchNorm buffers
     final = load_checkpoint(result.final_checkpoint)
     assert final["step"] == 6 and final["nonfinite_total"] == 1
     assert all(torch.isfinite(v).all() for v in final["model"].values() if v.is_floating_point())
     assert result.metrics["val_loss"] == result.metrics["val_loss"]  # evaluation is not NaN
-
-
-def math_is_nan(value: object) -> bool:
-    return isinstance(value, float) and value != value
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
@@ -522,6 +524,18 @@ def test_a_dead_ddp_worker_ends_the_launcher_and_the_pair_resumes(
     assert finish_or_dump(process, 180, tag) == 0, process.text()[-3000:]
     assert re.search(r"resuming from \S+ at step \d+", process.text())
     assert load_checkpoint(run / "final.pt")["step"] == 12
+
+
+def test_an_elastic_restart_without_its_run_folder_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The default folder name carries the start time: a restart would start a new run."""
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    code, _, err = cli(["train"], capsys)
+    assert code == 2
+    assert error_line(err) == (
+        "error: an elastic restart (torchrun --max-restarts) needs the run's --out"
+    )
 
 
 def finish_or_dump(process: Launched, timeout: float, tag: str) -> int:
@@ -711,7 +725,7 @@ MISSING = "nonexistent-data-root"
         ),
         pytest.param(
             ["train.min_lr=1e-2"],
-            "train.min_lr: 0.01 is above train.base_lr 0.001",
+            "train.min_lr: 0.01 is above train.base_lr 0.005",  # the quick recipe's rate
             id="min-lr",
         ),
         pytest.param(
@@ -851,9 +865,10 @@ def test_bad_images_and_masks_are_named_by_check_and_predict(tmp_path: Path, cap
     code, out, err = cli([*args, "--device", "cpu"], capsys)
     assert code == 1 and "Traceback" not in err
     failed = {
-        Path(line.split(": ")[1]).name for line in err.splitlines() if line.startswith("failed: ")
+        Path(line.split(": ")[1]).name for line in err.splitlines() if line.startswith("skipped: ")
     }
     assert failed == {f"{name}.png" for name in bad_images}
+    assert f"failed: {len(bad_images)} input(s), each named above" in err.splitlines()
     for name in [*fine, "rgba_mask", "rgb_mask"]:
         with Image.open(output / f"{name}_labelIds.png") as mask:
             assert mask.size == (32, 24), name
@@ -1289,3 +1304,114 @@ def test_a_really_full_disk_is_one_line_while_training_and_caching(
         assert code == 1
         assert "No space left on device" in error_line(err), err
         assert list(disk.iterdir()) == []  # no half-built cache
+
+
+def test_links_in_an_input_folder_are_named_or_followed_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A broken link is a skipped input that says so; a link loop is walked once; an empty folder
+    is an error, not "wrote 0"."""
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    Image.fromarray(random_image(24, 32)).save(images / "sub" / "good.png")
+    (images / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (images / "sub" / "loop").symlink_to(images, target_is_directory=True)
+    checkpoint = make_checkpoint(tmp_path / "model.pt", cityscapes19())
+    args = ["predict", "--checkpoint", checkpoint, "--device", "cpu", "--output"]
+    code, out, err = cli([*args, tmp_path / "out", "--input", images], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert f"skipped: {images / 'gone.png'}: broken symbolic link" in err.splitlines()
+    assert "wrote 1 prediction set(s)" in out
+    assert (tmp_path / "out" / "sub" / "good_labelIds.png").is_file()
+
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli([*args, tmp_path / "out2", "--input", tmp_path / "empty"], capsys)
+    assert code == 1
+    assert error_line(err).startswith(f"error: {tmp_path / 'empty'}: no images in this folder")
+
+
+def test_an_empty_split_is_a_problem_not_a_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = tmp_path / "data"
+    for folder in ("train", "trainannot", "val", "valannot"):
+        (root / folder).mkdir(parents=True)
+    Image.fromarray(random_image(24, 32)).save(root / "train" / "a.png")
+    Image.fromarray(np.zeros((24, 32), np.uint8)).save(root / "trainannot" / "a.png")
+    folders = ["data.kind=folders", f"data.root={root}", "data.class_set=camvid11"]
+    code, out, _ = cli(["data", "check", *folders], capsys)
+    assert code == 1
+    assert out.splitlines()[-2:] == [
+        "val: 0 pairs, 1 problem(s)",
+        f"  val: no samples of split 'val' under {root}",
+    ]
+    checkpoint = make_checkpoint(tmp_path / "model.pt", camvid11())
+    with pytest.raises(DataError, match=r"^val: no samples of split 'val' under "):
+        evaluate_checkpoint(checkpoint, full_res=True, overrides=folders, progress=False)
+
+
+def test_config_show_prints_what_a_command_would_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code, out, _ = cli(["config", "show", "train.base_lr=3e-4", "data.size=256x128"], capsys)
+    assert code == 0
+    shown = yaml.safe_load(out)
+    assert shown["train"]["base_lr"] == 3e-4 and shown["data"]["size"] == [256, 128]
+    assert from_dict(shown).to_dict() == shown  # every section.key, loadable as a recipe
+    code, _, err = cli(["config", "show", "train.base_lr=fast"], capsys)
+    assert code == 2 and error_line(err).startswith("error: command line: train.base_lr")
+
+
+def test_report_rebuilds_a_run_folders_page(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    train(
+        load_config(None, tiny_overrides(synthetic_root, tmp_path / "cache")), run, progress=False
+    )
+    (run / "report.html").unlink()
+    code, out, _ = cli(["report", run], capsys)
+    assert code == 0 and out.strip() == f"report: {run / 'report.html'}"
+    assert 'id="confusion"' in (run / "report.html").read_text()
+    code, _, err = cli(["report", tmp_path], capsys)
+    assert code == 2
+    assert error_line(err) == f"error: {tmp_path}: not a run folder (no config.yaml)"
+
+
+@pytest.mark.parametrize(
+    ("missing", "command"),
+    [("onnxscript", "export"), ("onnxruntime", "predict")],
+    ids=["export", "predict-onnx"],
+)
+def test_a_missing_onnx_package_names_the_pip_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, missing, command
+) -> None:
+    checkpoint = make_checkpoint(tmp_path / "model.pt", cityscapes19())
+    if command == "predict":
+        assert (
+            main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.onnx")])
+            == 0
+        )
+        Image.fromarray(random_image(24, 32)).save(tmp_path / "a.png")
+        args = ["predict", "--onnx", tmp_path / "m.onnx", "--input", tmp_path / "a.png"]
+    else:
+        args = ["export", "--checkpoint", checkpoint]
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
+    code, _, err = cli([*args, "--out", tmp_path / "out.onnx"], capsys)
+    assert code == 1
+    assert error_line(err).endswith(
+        f"needs {missing}, which is not installed: pip install 'unetseg[onnx]'"
+    )
+
+
+def test_train_without_a_config_runs_the_quick_recipe_and_says_so(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    short = tiny_overrides(synthetic_root, tmp_path / "cache", **{"train.training_iterations": 2})
+    code, _, err = cli(["train", "--out", run, *short], capsys)
+    assert code == 0
+    assert "no --config: the demo's quick recipe" in err
+    used = yaml.safe_load((run / "config.yaml").read_text())
+    assert used["model"]["dropout"] == 0.0 and used["augment"]["scale_min"] == 1.0  # not defaults
+    assert used["model"]["width"] == 4  # the command line still decides

@@ -16,7 +16,9 @@ from PIL import Image
 
 from unetseg.engine.report import pick_snapshots, write_report
 
-SECTION_IDS = ["summary", "config", "curves", "per-class", "confusion", "snapshots", "predictions"]
+SECTION_IDS = [
+    "summary", "config", "curves", "per-class", "confusion", "calibration", "snapshots", "predictions"
+]  # fmt: skip
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -94,8 +96,10 @@ def fake_run(tmp_path: Path) -> Path:
         _image(run / "snapshots" / f"step_{step:07d}.png", seed=step)
     evaluation = run / "evaluation"
     evaluation.mkdir()
-    (evaluation / "metrics.json").write_text(json.dumps(_metrics()))
+    calibration = {"temperature": 1.5, "ece_before": 0.0812, "ece_after": 0.0123}
+    (evaluation / "metrics.json").write_text(json.dumps({**_metrics(), "calibration": calibration}))
     _image(evaluation / "confusion_matrix.png", seed=5)
+    _image(evaluation / "reliability.png", seed=7)
     _image(evaluation / "worst_01_miou_0.100.png", seed=6)
     return run
 
@@ -109,8 +113,8 @@ def test_report_has_every_section_and_embedded_images(fake_run: Path, tmp_path: 
     assert path == fake_run / "report.html"
     page = _parse(path)
     assert page.section_ids == SECTION_IDS
-    # 3 curves, confusion, 2 snapshots, worst, overlay (no per_class_iou.png in the fake run)
-    assert len(page.img_srcs) == 8
+    # 3 curves, confusion, reliability, 2 snapshots, worst, overlay (no per_class_iou.png)
+    assert len(page.img_srcs) == 9
     for src in page.img_srcs:
         assert src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,"))
         image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
@@ -123,6 +127,7 @@ def test_report_has_every_section_and_embedded_images(fake_run: Path, tmp_path: 
     assert "n/a" in text  # the NaN-as-null class
     assert "0.4375 at step 20, after 2.5 min of training" in text  # the best row of eval.jsonl
     assert "0.5000" in text and "12,345" in text
+    assert "temperature 1.5000; expected calibration error 0.0812 without it, 0.0123" in text
     assert "not available yet" not in text
 
 

@@ -34,9 +34,12 @@ _WHERE = {
     "Trainer": "unetseg.engine.train",
     "Predictor": "unetseg.engine.inference",
     "predict_image": "unetseg.engine.inference",
+    "segment": "unetseg.engine.inference",
+    "Prediction": "unetseg.engine.inference",
     "as_rgb": "unetseg.engine.inference",
     "export_onnx": "unetseg.engine.export",
     "evaluate_checkpoint": "unetseg.commands.evaluate",
+    "calibrate_checkpoint": "unetseg.commands.evaluate",
     "predict_paths": "unetseg.commands.predict",
 }
 __all__ = ["__version__", *_WHERE]

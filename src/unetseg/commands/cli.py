@@ -151,7 +151,10 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from unetseg.commands.demo import QUICK_RECIPE
+    from unetseg.core.checkpoint import checkpoint_paths
     from unetseg.core.config import load_config
+    from unetseg.core.runtime import elastic_restart
     from unetseg.engine.train import train
 
     overrides = [*args.overrides, *([f"train.device={args.device}"] if args.device else [])]
@@ -159,10 +162,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = args.resume
         config = load_config(args.config or run_dir / "config.yaml", overrides)
     else:
-        config = load_config(args.config, overrides)
+        quick = [] if args.config else QUICK_RECIPE
+        config = load_config(args.config, [*quick, *overrides])
+        if quick:
+            print(
+                "no --config: the demo's quick recipe (a width-16 U-Net at 256x128, 1100 steps "
+                "of 8 images: minutes on a laptop CPU) on the synthetic scenes; "
+                "--config configs/original_recipe.yaml trains the original project's",
+                file=sys.stderr,
+            )
         name = args.config.stem if args.config else "synthetic"
         run_dir = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = train(config, run_dir, resume=bool(args.resume))
+    # torchrun restarting the workers of a failed job: the same command, continued.
+    restarted = elastic_restart() and not args.resume
+    if restarted and args.out is None:
+        raise ConfigError("an elastic restart (torchrun --max-restarts) needs the run's --out")
+    resume = bool(args.resume) or (restarted and bool(checkpoint_paths(run_dir)))
+    result = train(config, run_dir, resume=resume)
     print(f"run folder:        {result.run_dir}")
     print(f"final checkpoint:  {result.final_checkpoint}")
     print(f"best checkpoint:   {result.best_checkpoint}")
@@ -185,8 +201,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.device,
         tta=args.tta == "flip",
         scales=args.scales,
+        overrides=args.overrides,
     )
     print(f"metrics: {result['out'] / 'metrics.json'}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from unetseg.commands.evaluate import calibrate_checkpoint
+    from unetseg.core.checkpoint import resolve_checkpoint
+
+    calibration = calibrate_checkpoint(
+        args.checkpoint, args.data_root, args.split, args.device, overrides=args.overrides
+    )
+    path = resolve_checkpoint(args.checkpoint)
+    print(f"calibration: {calibration.line()}")
+    print(f"stored in {path}; reliability diagram in {path.parent / f'calibration_{args.split}'}")
     return 0
 
 
@@ -220,11 +250,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
         sliding_window=args.sliding_window,
         scales=args.scales,
         ids_only=args.ids_only,
+        confidence=args.confidence,
     )
     print(f"wrote {len(report.written)} prediction set(s) to {args.output}")
-    for path, reason in report.failed:
-        print(f"failed: {path}: {reason}", file=sys.stderr)
+    if report.failed:  # each was named on a "skipped:" line as it happened
+        print(f"failed: {len(report.failed)} input(s), each named above", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from unetseg.engine.report import write_report
+
+    if not (args.run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{args.run_dir}: not a run folder (no config.yaml)")
+    extra = {"predictions": args.predictions} if args.predictions else None
+    print(f"report: {write_report(args.run_dir, extra)}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from unetseg.core.config import config_yaml
+
+    print(config_yaml(_load(args)), end="")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -259,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     adders = (_add_demo, _add_synth, _add_prepare, _add_data, _add_train, _add_evaluate)
-    for add in (*adders, _add_predict, _add_export):
+    for add in (*adders, _add_calibrate, _add_predict, _add_export, _add_report, _add_config):
         add(command)
     return parser
 
@@ -323,7 +371,9 @@ def _add_data(command: Command) -> None:
     )
     stats.set_defaults(handler=cmd_data_stats)
     stats.add_argument(
+        "--out",
         "--plot",
+        dest="plot",
         type=Path,
         default=Path("class_stats.png"),
         help="where to write the bar chart (class_stats.png)",
@@ -343,7 +393,12 @@ def _add_data(command: Command) -> None:
         help="add the training augmentation of each sample, at data.size, beside it",
     )
     show.add_argument(
-        "--output", type=Path, default=Path("samples.png"), help="PNG to write (samples.png)"
+        "--out",
+        "--output",
+        dest="output",
+        type=Path,
+        default=Path("samples.png"),
+        help="PNG to write (samples.png)",
     )
     for sub in (check, stats):
         sub.add_argument(
@@ -380,13 +435,7 @@ def _add_evaluate(command: Command) -> None:
         "score a checkpoint: metrics.json, per-class "
         "table, IoU chart, confusion matrix and the worst images",
     )
-    evaluate.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
-    evaluate.add_argument(
-        "--data-root",
-        type=Path,
-        help="another copy of the data set in the same layout (default: the run's)",
-    )
-    evaluate.add_argument("--split", default="val", help="split to score (val)")
+    _add_split_arguments(evaluate, "score")
     evaluate.add_argument(
         "--full-res",
         action="store_true",
@@ -400,6 +449,58 @@ def _add_evaluate(command: Command) -> None:
         "--worst", type=_count, default=4, help="how many worst images to draw (4)"
     )
     _add_device_argument(evaluate)
+
+
+def _add_report(command: Command) -> None:
+    """``unetseg report``: a run's report page, rebuilt."""
+    report = command("report", cmd_report, "rebuild a run folder's report.html from its files")
+    report.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder")
+    report.add_argument(
+        "--predictions", type=Path, help="a predict output folder to show overlays from"
+    )
+
+
+def _add_config(command: Command) -> None:
+    """``unetseg config show``: the resolved configuration."""
+    config = command("config", lambda a: 0, "configuration tools: show")
+    tools = config.add_subparsers(dest="config_command", required=True, metavar="TOOL")
+    show = tools.add_parser(
+        "show",
+        help="print the configuration a command would use (every section.key, resolved)",
+        description="print the configuration a command would use, every section.key resolved "
+        "from the defaults, the YAML and the overrides",
+    )
+    show.set_defaults(handler=cmd_config_show)
+    _add_config_arguments(show)
+
+
+def _add_split_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """--checkpoint, and the data it is scored or fitted on."""
+    parser.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        help="another copy of the data set in the same layout (default: the run's)",
+    )
+    parser.add_argument("--split", default="val", help=f"split to {verb} (val)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="change the run's configuration for this, e.g. data.val_filter=['0001TP*']",
+    )
+
+
+def _add_calibrate(command: Command) -> None:
+    """``unetseg calibrate``: a checkpoint's temperature."""
+    calibrate = command(
+        "calibrate",
+        cmd_calibrate,
+        "fit a checkpoint's temperature on a split so that its confidence matches its accuracy "
+        "(masks do not change); stored in the checkpoint, reliability diagram beside it",
+    )
+    _add_split_arguments(calibrate, "fit on")
+    _add_device_argument(calibrate)
 
 
 def _add_predict(command: Command) -> None:
@@ -419,7 +520,9 @@ def _add_predict(command: Command) -> None:
         required=True,
         help="image files and/or folders (searched recursively)",
     )
-    predict.add_argument("--output", type=Path, required=True, help="folder for the outputs")
+    predict.add_argument(
+        "--out", "--output", dest="output", type=Path, required=True, help="folder for the outputs"
+    )
     predict.add_argument(
         "--batch-size", type=_positive, default=4, help="images per forward pass (4)"
     )
@@ -428,6 +531,11 @@ def _add_predict(command: Command) -> None:
         "--ids-only",
         action="store_true",
         help="write the id masks alone (a folder the official Cityscapes evaluation takes)",
+    )
+    predict.add_argument(
+        "--confidence",
+        action="store_true",
+        help="also X_confidence.png: each pixel's calibrated confidence as 0-255 grey",
     )
     predict.add_argument(
         "--sliding-window",
@@ -441,7 +549,9 @@ def _add_export(command: Command) -> None:
     """``unetseg export``: ONNX export."""
     export = command("export", cmd_export, "export a checkpoint to ONNX (dynamic batch and size)")
     export.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
-    export.add_argument("--output", type=Path, required=True, help="ONNX file to write")
+    export.add_argument(
+        "--out", "--output", dest="output", type=Path, required=True, help="ONNX file to write"
+    )
     export.add_argument("--opset", type=int, default=18, help="ONNX opset version (18)")
 
 
@@ -449,6 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unetseg`` console command."""
     from unetseg.core.checkpoint import CheckpointError
     from unetseg.core.efficientnet_lite import WeightsError
+    from unetseg.core.extras import MissingExtra
     from unetseg.core.runtime import sigterm_as_interrupt
     from unetseg.data.io import DataError
     from unetseg.engine.train import TrainingError, TrainingInterrupted
@@ -460,7 +571,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (DataError, CheckpointError, WeightsError, TrainingError, TrainingInterrupted) as error:
+    except (
+        DataError,
+        CheckpointError,
+        WeightsError,
+        MissingExtra,
+        TrainingError,
+        TrainingInterrupted,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 130 if isinstance(error, TrainingInterrupted) else 1
     except OSError as error:  # the file system's answer: a read-only or full disk, a file

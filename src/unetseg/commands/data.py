@@ -18,7 +18,7 @@ from unetseg.core.config import AugmentConfig, Config  # noqa: E402
 from unetseg.core.files import atomic_path  # noqa: E402
 from unetseg.data.cache import check_samples  # noqa: E402
 from unetseg.data.io import Sample, read_pair, resize_pair  # noqa: E402
-from unetseg.data.sources import ensure_synthetic, find_samples  # noqa: E402
+from unetseg.data.sources import ensure_synthetic, find_samples, no_samples  # noqa: E402
 from unetseg.data.statistics import ClassStats, class_stats  # noqa: E402
 from unetseg.data.transforms import prepare_batch  # noqa: E402
 from unetseg.engine.viz import colorize, legend_strip, save_image  # noqa: E402
@@ -31,7 +31,9 @@ def check_data(config: Config, splits: Sequence[str]) -> int:
     total_problems = 0
     for split in splits:
         samples = find_samples(config.data, split)
-        problems = check_samples(samples, class_set)
+        problems = (
+            check_samples(samples, class_set) if samples else [no_samples(config.data, split)]
+        )
         total_problems += len(problems)
         print(f"{split}: {len(samples)} pairs, {len(problems)} problem(s)")
         for problem in problems:

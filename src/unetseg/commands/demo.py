@@ -12,12 +12,10 @@ from unetseg.engine.inference import Predictor
 from unetseg.engine.report import fmt_score, write_report
 from unetseg.engine.train import train
 
-# A small U-Net on small synthetic scenes: minutes on a laptop CPU, seconds on a GPU.
-DEMO_RECIPE = [
-    "data.kind=synthetic",
+# The demo's recipe, and that of `unetseg train` without --config: a small U-Net on small
+# synthetic scenes, minutes on a laptop CPU, seconds on a GPU.
+QUICK_RECIPE = [
     "data.size=[256,128]",
-    "data.synthetic_train=400",
-    "data.synthetic_val=40",
     "model.width=16",
     "model.dropout=0.0",
     # Train and val come from one distribution: mild augmentation learns fastest in a short run.
@@ -37,6 +35,11 @@ DEMO_RECIPE = [
     "train.min_lr=1e-4",
     "train.warmup_steps=30",
     "train.decay=cosine",
+]
+DEMO_RECIPE = [
+    "data.kind=synthetic",
+    "data.synthetic_train=400",
+    *QUICK_RECIPE,
     "train.log_interval=10",
 ]
 

@@ -1,5 +1,6 @@
 """``unetseg evaluate``: a checkpoint's scores on a split, written as metrics.json, a per-class
-table and chart, the confusion matrix and the worst images."""
+table and chart, the confusion matrix, the reliability diagram and the worst images; and
+``unetseg calibrate``: the checkpoint's temperature fitted on a split."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from unetseg.core.checkpoint import model_from_checkpoint, resolve_checkpoint
-from unetseg.core.classes import ClassSet
+from unetseg.core.checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
+from unetseg.core.classes import ClassSet, cityscapes_categories
 from unetseg.core.config import Config, check_test_time_augmentation, with_overrides
-from unetseg.core.metrics import ConfusionMatrix
+from unetseg.core.files import write_json
+from unetseg.core.metrics import ConfusionMatrix, grouped_matrix, scores_from_matrix
 from unetseg.core.runtime import Runtime, local_runtime
-from unetseg.data.io import read_pair
+from unetseg.data.io import DataError, read_pair
 from unetseg.data.prepare import prepare_data
-from unetseg.data.sources import find_samples
+from unetseg.data.sources import find_samples, no_samples
+from unetseg.engine.calibration import Calibration, calibrate, store_temperature
 from unetseg.engine.evaluate import (
     Scored,
     comparison_rows,
@@ -55,16 +58,7 @@ def evaluate_checkpoint(
 
     check_test_time_augmentation(tta, scales, full_res)
     checkpoint = resolve_checkpoint(checkpoint)
-    model, config, class_set = model_from_checkpoint(checkpoint)
-    if data_root is not None:
-        config = dataclasses.replace(
-            config, data=dataclasses.replace(config.data, root=str(data_root))
-        )
-    if overrides:
-        config = with_overrides(config, list(overrides))
-    runtime = local_runtime(device, config.train.precision)
-    layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    model = model.to(device=runtime.device, memory_format=layout)
+    model, config, class_set, runtime = _load(checkpoint, data_root, overrides, device)
     out = out or checkpoint.parent / f"evaluation_{split}{'_fullres' if full_res else ''}"
     out.mkdir(parents=True, exist_ok=True)
     if full_res:
@@ -82,11 +76,67 @@ def evaluate_checkpoint(
         overrides=list(overrides),
         data_root=config.data.root,
     )
+    categories = cityscapes_categories(class_set)
+    if categories is not None:  # the official evaluation's second table
+        matrix, names = grouped_matrix(scored.matrix, categories)
+        by_category = scores_from_matrix(matrix)
+        metrics["categories"] = by_category.to_dict(names)
+        print(by_category.table(names))
+    if scored.calibration is not None:
+        metrics["calibration"] = scored.calibration.to_dict()
+        print(f"calibration: {scored.calibration.line()}")
     print(scored.scores.table(class_set.names))
     write_evaluation(out, metrics, scored, class_set, split)
     if (checkpoint.parent / "report.html").is_file():  # a run folder: its report shows this
         write_report(checkpoint.parent)
     return {"metrics": metrics, "out": out}
+
+
+def calibrate_checkpoint(
+    checkpoint: str | Path,
+    data_root: Path | None = None,
+    split: str = "val",
+    device: str = "auto",
+    progress: bool = True,
+    overrides: Sequence[str] = (),
+) -> Calibration:
+    """``unetseg calibrate``: fit the temperature of a checkpoint's model on ``split`` (at the
+    training size) and store it in the checkpoint; ``calibration_<split>/`` beside it gets
+    calibration.json and the reliability diagram. Masks and scores do not change."""
+    checkpoint = resolve_checkpoint(checkpoint)
+    if checkpoint.suffix != ".pt":
+        raise CheckpointError(
+            f"{checkpoint}: calibrate stores the temperature in a .pt checkpoint (best.pt, "
+            "final.pt); export again afterwards"
+        )
+    model, config, class_set, runtime = _load(checkpoint, data_root, overrides, device)
+    cached = prepare_data(config, class_set, splits=(split,), progress=progress)[split]
+    loader = torch.utils.data.DataLoader(cached, batch_size=config.train.batch_size)
+    batches = tqdm(loader, desc=f"calibrate on {split}", disable=not progress)
+    pixels = len(cached) * config.data.size[0] * config.data.size[1]
+    calibration = calibrate(model, batches, runtime, pixels)
+    store_temperature(checkpoint, calibration.temperature)
+    out = checkpoint.parent / f"calibration_{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "calibration.json", {"split": split, **calibration.to_dict()})
+    calibration.plot(out / "reliability.png", f"{split}: calibration")
+    return calibration
+
+
+def _load(
+    checkpoint: Path, data_root: Path | None, overrides: Sequence[str], device: str
+) -> tuple[torch.nn.Module, Config, ClassSet, Runtime]:
+    """A checkpoint's model on the device, with its configuration as changed for this use."""
+    model, config, class_set = model_from_checkpoint(checkpoint)
+    if data_root is not None:
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, root=str(data_root))
+        )
+    if overrides:
+        config = with_overrides(config, list(overrides))
+    runtime = local_runtime(device, config.train.precision)
+    layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    return model.to(device=runtime.device, memory_format=layout), config, class_set, runtime
 
 
 def _score_full_resolution(
@@ -105,6 +155,8 @@ def _score_full_resolution(
         return torch.from_numpy(predict_image(predictor, rgb, tta, scales=scales)).long()
 
     samples = find_samples(config.data, split)
+    if not samples:
+        raise DataError(no_samples(config.data, split))
     confusion = ConfusionMatrix(class_set.num_classes)
     image_mious = []
     for sample in tqdm(samples, desc=f"evaluate {split} (full res)", disable=not progress):
@@ -135,8 +187,8 @@ def _score_cached(
     cached = prepare_data(config, class_set, splits=(split,), progress=progress)[split]
     loader = torch.utils.data.DataLoader(cached, batch_size=config.train.batch_size)
     batches = tqdm(loader, desc=f"evaluate {split}", disable=not progress)
-    result = evaluate_model(model, batches, class_set, runtime, per_image=True)
+    result = evaluate_model(model, batches, class_set, runtime, per_image=True, reliability=True)
     order = worst_first(result["image_miou"])[:worst]
     rows = comparison_rows(model, [cached[i] for i in order], runtime)
     worst_scores = [result["image_miou"][i] for i in order]
-    return Scored(result["scores"], result["matrix"], rows, worst_scores)
+    return Scored(result["scores"], result["matrix"], rows, worst_scores, result["calibration"])

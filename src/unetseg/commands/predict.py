@@ -21,14 +21,9 @@ from unetseg.core.classes import ClassSet
 from unetseg.core.config import check_scales
 from unetseg.core.files import write_json
 from unetseg.core.runtime import sigterm_as_interrupt
-from unetseg.data.io import DataError, list_images, read_rgb
+from unetseg.data.io import IMAGE_EXTENSIONS, DataError, list_images, read_rgb
 from unetseg.engine import viz
-from unetseg.engine.inference import (
-    Predictor,
-    inference_size,
-    predict_batch,
-    predict_image,
-)
+from unetseg.engine.inference import Prediction, Predictor, inference_size, predict_batch, segment
 
 OVERLAY_QUALITY = 90
 # Decoded images waiting or being written, in pixels: a few large photos, or many small ones,
@@ -43,7 +38,7 @@ class PredictReport:
     mask, or the id mask alone), and the failures."""
 
     written: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # (input, reason naming it)
 
 
 @dataclass(frozen=True)
@@ -57,12 +52,15 @@ class _Job:
         return [self.stem.with_name(f"{self.stem.name}_{ending}") for ending in endings]
 
 
-def output_endings(class_set: ClassSet, ids_only: bool = False) -> tuple[str, ...]:
+def output_endings(
+    class_set: ClassSet, ids_only: bool = False, confidence: bool = False
+) -> tuple[str, ...]:
     """The files written per image: colour mask, overlay and id mask, or the id mask alone (the
-    folder the official Cityscapes evaluation and test server take). Cityscapes tables write label
-    ids, others their class ids."""
+    folder the official Cityscapes evaluation and test server take); with ``confidence`` also
+    the confidence map. Cityscapes tables write label ids, others their class ids."""
     ids = "labelIds.png" if class_set.label_ids is not None else "classIds.png"
-    return (ids,) if ids_only else ("color.png", "overlay.jpg", ids)
+    endings = (ids,) if ids_only else ("color.png", "overlay.jpg", ids)
+    return endings + ("confidence.png",) if confidence else endings
 
 
 def predict_paths(
@@ -75,9 +73,12 @@ def predict_paths(
     progress: bool = True,
     scales: Sequence[float] = (1.0,),
     ids_only: bool = False,
+    confidence: bool = False,
 ) -> PredictReport:
     """Write colour, overlay and id masks (``ids_only``: id masks alone) for every image in
-    ``inputs`` (files and folders), and ``classes.json`` + ``legend.png`` for reading them.
+    ``inputs`` (files and folders), and ``classes.json`` + ``legend.png`` for reading them. With
+    ``confidence``, also ``X_confidence.png``: each pixel's confidence (the maximum of the
+    calibrated softmax) as 0-255 grey.
 
     Outputs keep an input folder's sub-folders below ``output`` and the original image size.
     Unreadable images, and images whose outputs would replace an input file, are reported in
@@ -88,20 +89,20 @@ def predict_paths(
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     check_scales(scales, sliding_window)
     report = PredictReport()
-    endings = output_endings(predictor.class_set, ids_only)
+    endings = output_endings(predictor.class_set, ids_only, confidence)
     jobs = _plan(inputs, output, endings, report)
     workers = min(4, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="predict-io")
     bar = tqdm(total=len(jobs) + len(report.failed), disable=not progress, unit="image")
     bar.update(len(report.failed))
     writer = _Writer(pool, predictor.class_set, endings, report, bar, depth=2 * workers)
-    batcher = _Batcher(predictor, batch_size, tta, scales, writer)
+    batcher = _Batcher(predictor, batch_size, tta, scales, confidence, writer)
     with sigterm_as_interrupt():  # SIGTERM: the same clean stop as Ctrl-C
         try:
             for job, image in _read_ahead(pool, jobs, 2 * batch_size, writer):
                 if sliding_window:
-                    mask = predict_image(predictor, image, tta, True, batch_size)
-                    writer.submit(job, image, mask)
+                    found = segment(predictor, image, tta, True, batch_size, confidence=confidence)
+                    writer.submit(job, image, found)
                 else:
                     batcher.add(job, image)
             batcher.flush()
@@ -134,11 +135,10 @@ def _plan(
     sources: list[tuple[Path, Path]] = []  # (file, output stem relative to ``output``)
     for item in inputs:
         if item.is_dir():
-            sources += [
-                (f, f.relative_to(item).with_suffix(""))
-                for f in list_images(item)
-                if not _is_output_inside(f, item, output)
-            ]
+            found = [f for f in list_images(item) if not _is_output_inside(f, item, output)]
+            if not found:
+                raise DataError(f"{item}: no images in this folder ({', '.join(IMAGE_EXTENSIONS)})")
+            sources += [(f, f.relative_to(item).with_suffix("")) for f in found]
         else:
             sources.append((item, Path(item.stem)))
     protected = {f.resolve(): f for f, _ in sources}
@@ -226,10 +226,11 @@ class _Batcher:
         batch_size: int,
         tta: bool,
         scales: Sequence[float],
+        confidence: bool,
         writer: _Writer,
     ) -> None:
         self.predictor, self.batch_size, self.writer = predictor, batch_size, writer
-        self.tta, self.scales = tta, scales
+        self.tta, self.scales, self.confidence = tta, scales, confidence
         self.groups: dict[tuple[int, int], list[tuple[_Job, np.ndarray]]] = {}
 
     def add(self, job: _Job, image: np.ndarray) -> None:
@@ -256,9 +257,9 @@ class _Batcher:
     def _run(self, size: tuple[int, int]) -> None:
         group = self.groups.pop(size)
         images = [image for _, image in group]
-        masks = predict_batch(self.predictor, images, self.tta, self.scales)
-        for (job, image), mask in zip(group, masks):
-            self.writer.submit(job, image, mask)
+        found = predict_batch(self.predictor, images, self.tta, self.scales, self.confidence)
+        for (job, image), prediction in zip(group, found):
+            self.writer.submit(job, image, prediction)
 
 
 class _Writer:
@@ -286,9 +287,10 @@ class _Writer:
         self.id_table = np.zeros(256, dtype=np.uint8)
         self.id_table[: class_set.num_classes] = class_set.label_ids or range(class_set.num_classes)
 
-    def submit(self, job: _Job, image: np.ndarray, mask: np.ndarray) -> None:
-        pixels = mask.size
-        self.in_flight.append((job, self.pool.submit(self._write, job, image, mask), pixels))
+    def submit(self, job: _Job, image: np.ndarray, prediction: Prediction) -> None:
+        pixels = prediction.mask.size
+        write = self.pool.submit(self._write, job, image, prediction)
+        self.in_flight.append((job, write, pixels))
         while len(self.in_flight) > 1 and (
             len(self.in_flight) > self.depth
             or sum(p for _, _, p in self.in_flight) > PIXELS_IN_FLIGHT
@@ -313,9 +315,14 @@ class _Writer:
         self.written.append((job.index, job.targets(self.endings)[0]))
         self.bar.update()
 
-    def _write(self, job: _Job, image: np.ndarray, mask: np.ndarray) -> None:
+    def _write(self, job: _Job, image: np.ndarray, prediction: Prediction) -> None:
+        mask = prediction.mask
         for ending, path in zip(self.endings, job.targets(self.endings)):
-            if ending == "color.png":
+            if ending == "confidence.png":
+                assert prediction.confidence is not None  # asked for with this ending
+                grey = (prediction.confidence * 255).round().astype(np.uint8)
+                viz.save_image(grey, path)
+            elif ending == "color.png":
                 viz.save_image(viz.colorize(mask, self.class_set), path)
             elif ending == "overlay.jpg":
                 overlay = viz.overlay(image, mask, self.class_set)

@@ -25,7 +25,7 @@ from unetseg.core.classes import ClassSet
 from unetseg.core.config import Config, from_dict, normalisation
 from unetseg.core.encoders import ENCODERS
 from unetseg.core.files import atomic_path, sha256_of, write_text
-from unetseg.core.model import NORMALISATION_KEYS, SegmentationNet, build_model
+from unetseg.core.model import DEFAULTED_KEYS, SegmentationNet, build_model
 
 FORMAT = "unetseg-checkpoint-1"
 # What an exported model takes (model.json's "input"): normalisation happens inside it.
@@ -196,19 +196,17 @@ def _model_from_safetensors(path: Path) -> tuple[SegmentationNet, Config, ClassS
     return model.eval(), config, class_set
 
 
-def with_normalisation(
-    model: nn.Module, weights: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """``weights`` plus the model's input statistics where they lack them (weights saved before
-    models normalised their own inputs: the statistics the model was built with come from the
-    same configuration)."""
+def with_defaults(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``weights`` plus the model's own ``DEFAULTED_KEYS`` where they lack them (weights saved
+    before models normalised their inputs, or were calibrated: the statistics the model was built
+    with come from the same configuration)."""
     own = model.state_dict()
-    return {**{k: own[k] for k in NORMALISATION_KEYS if k in own and k not in weights}, **weights}
+    return {**{k: own[k] for k in DEFAULTED_KEYS if k in own and k not in weights}, **weights}
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
     """Load a state dict, explaining a mismatch of class count or architecture in one line."""
-    weights = with_normalisation(model, weights)
+    weights = with_defaults(model, weights)
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
@@ -234,13 +232,13 @@ def export_safetensors(model: nn.Module, config: Config, class_set: ClassSet, pa
     tensors = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary))
-    write_text(
-        path.with_suffix(".json"), json.dumps(model_metadata(config, class_set), indent=2) + "\n"
-    )
+    meta = model_metadata(model, config, class_set)
+    write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
 
 
-def model_metadata(config: Config, class_set: ClassSet) -> dict[str, Any]:
-    """What a user of exported weights needs besides them: input, classes, normalisation, shape."""
+def model_metadata(model: nn.Module, config: Config, class_set: ClassSet) -> dict[str, Any]:
+    """What a user of exported weights needs besides them: input, classes, normalisation, shape,
+    and the temperature the logits are already divided by."""
     mean, std = normalisation(config)
     return {
         "architecture": "unet",
@@ -251,4 +249,5 @@ def model_metadata(config: Config, class_set: ClassSet) -> dict[str, Any]:
         "size_factor": ENCODERS[config.model.encoder].size_factor,
         "normalisation": {"mean": mean, "std": std, "applied": "inside the model"},
         "class_set": class_set.to_dict(),
+        "temperature": {"value": float(unwrap(model).temperature), "applied": "inside the model"},
     }

@@ -139,6 +139,18 @@ def cityscapes19() -> ClassSet:
     )
 
 
+def cityscapes_categories(class_set: ClassSet) -> tuple[str, ...] | None:
+    """The official Cityscapes category (flat, construction, ...) of each class, from its label
+    id; None for a table without label ids or with a class outside the evaluated categories."""
+    if class_set.label_ids is None:
+        return None
+    by_id = {label.id: label for label in CITYSCAPES_LABELS}
+    labels = [by_id.get(label_id) for label_id in class_set.label_ids]
+    if any(label is None or label.ignoreInEval for label in labels):
+        return None
+    return tuple(label.category for label in labels)  # type: ignore[union-attr]
+
+
 def cityscapes24() -> ClassSet:
     """The original project's 24 classes: the 19, dynamic, ground, parking, bridge and void."""
     base = cityscapes19()

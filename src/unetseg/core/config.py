@@ -462,6 +462,18 @@ def _validate_train(t: TrainConfig) -> None:
         raise ConfigError(f"train.average_from: must be in [0, 1), got {t.average_from}")
 
 
+def changed_settings(given: dict[str, Any], reference: dict[str, Any]) -> list[str]:
+    """``section.key=value`` for each value of ``given`` (a config as a dict) that differs from
+    ``reference`` (another one, or the defaults)."""
+    return [
+        f"{section}.{key}={value}"
+        for section, values in given.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+        if (reference.get(section) or {}).get(key) != value
+    ]
+
+
 def normalisation(config: Config) -> tuple[list[float], list[float]]:
     """The mean and std the model normalises its [0, 1] inputs with: ``data.mean``/``data.std``,
     else those the encoder was trained with."""
@@ -511,6 +523,11 @@ def _did_you_mean(name: str, candidates: typing.Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def config_yaml(config: Config) -> str:
+    """The resolved configuration as YAML, sections and keys in their declared order."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
 def save_config(config: Config, path: Path) -> None:
     """Write the resolved configuration as YAML."""
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    path.write_text(config_yaml(config), encoding="utf-8")

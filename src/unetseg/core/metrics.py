@@ -179,6 +179,16 @@ def scores_from_matrix(matrix: np.ndarray) -> SegmentationScores:
     return scores
 
 
+def grouped_matrix(matrix: np.ndarray, groups: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """The confusion matrix of groups of classes (``groups[c]`` names class c's group, in order
+    of first appearance): a pixel is right when truth and prediction share a group. This is how
+    the official Cityscapes evaluation scores its categories."""
+    names = list(dict.fromkeys(groups))
+    member = np.zeros((len(groups), len(names)), dtype=np.int64)
+    member[np.arange(len(groups)), [names.index(g) for g in groups]] = 1
+    return member.T @ np.asarray(matrix, dtype=np.int64) @ member, names
+
+
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """Element-wise float64 ratio, NaN where the denominator is 0 (no warning)."""
     out = np.full(denominator.shape, np.nan, dtype=np.float64)

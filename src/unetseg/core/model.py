@@ -100,7 +100,9 @@ def check_classes(num_classes: int) -> None:
         raise ValueError(f"num_classes: must be at least 1, got {num_classes}")
 
 
-NORMALISATION_KEYS = ("input_norm.mean", "input_norm.std")  # in every model's state dict
+# Buffers of every model that weights saved by an older unetseg lack: loading takes them from
+# the model as built (its configuration's statistics, temperature 1).
+DEFAULTED_KEYS = ("input_norm.mean", "input_norm.std", "temperature")
 
 
 class InputNormalisation(nn.Module):
@@ -108,7 +110,7 @@ class InputNormalisation(nn.Module):
     then standardised by its own mean and std, so that a darker or flatter exposure of the same
     scene gives the same input.
 
-    The statistics are buffers, so that saved weights carry them (``NORMALISATION_KEYS``).
+    The statistics are buffers, so that saved weights carry them.
     """
 
     def __init__(
@@ -126,6 +128,31 @@ class InputNormalisation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
         return self.per_image(x) if self.per_image is not None else x
+
+
+class SegmentationNet(nn.Module):
+    """What every model here shares: the input's size checked, the image normalised
+    (``InputNormalisation``) and the logits divided by ``temperature``, a buffer fitted on
+    validation data after training (``engine/calibration.py``) so that the softmax's confidence
+    matches accuracy; it is 1 until then, and never changes an arg-max. Subclasses compute the
+    logits of the normalised image in ``_logits``."""
+
+    size_factor: int
+
+    def __init__(
+        self, num_classes: int, mean: Sequence[float], std: Sequence[float], input_norm: InputNorm
+    ) -> None:
+        super().__init__()
+        check_classes(num_classes)
+        self.input_norm = InputNormalisation(mean, std, input_norm)
+        self.register_buffer("temperature", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_size(x.shape[-2], x.shape[-1], self.size_factor)
+        return self._logits(self.input_norm(x)) / self.temperature
+
+    def _logits(self, image: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 class ResidualBlock(nn.Module):
@@ -160,7 +187,7 @@ def residual_stage(
     return nn.Sequential(*layers, nn.Dropout2d(dropout))
 
 
-class UNet(nn.Module):
+class UNet(SegmentationNet):
     """U-Net mapping (N, 3, H, W) images to (N, num_classes, H, W) logits.
 
     ``width`` is the first level's channel count; 64 gives the original 64-128-256-512 encoder
@@ -179,10 +206,8 @@ class UNet(nn.Module):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        super().__init__()
-        check_classes(num_classes)
+        super().__init__(num_classes, mean, std, input_norm)
         check_architecture("plain", width, dropout)
-        self.input_norm = InputNormalisation(mean, std, input_norm)
         w = [width * 2**i for i in range(5)]
         self.inc = DoubleConv(3, w[0], dropout)
         self.downs = nn.ModuleList(Down(w[i], w[i + 1], dropout) for i in range(4))
@@ -191,9 +216,8 @@ class UNet(nn.Module):
         )
         self.head = nn.Conv2d(w[0], num_classes, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x.shape[-2], x.shape[-1], self.size_factor)
-        skips = [self.inc(self.input_norm(x))]
+    def _logits(self, image: torch.Tensor) -> torch.Tensor:
+        skips = [self.inc(image)]
         for down in self.downs:
             skips.append(down(skips[-1]))
         return self.head(decode(self.ups, skips))
@@ -214,7 +238,7 @@ def upsample_to(logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     )
 
 
-class ResUNet(nn.Module):
+class ResUNet(SegmentationNet):
     """U-Net with a residual encoder, mapping (N, 3, H, W) images to (N, num_classes, H, W) logits.
 
     A 3x3 stride-2 stem with ``width`` channels, then four residual stages of ``blocks[i]`` blocks
@@ -238,10 +262,8 @@ class ResUNet(nn.Module):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        super().__init__()
-        check_classes(num_classes)
+        super().__init__(num_classes, mean, std, input_norm)
         check_architecture("residual", width, dropout, blocks, full_resolution)
-        self.input_norm = InputNormalisation(mean, std, input_norm)
         w = [width * 2**i for i in range(4)]
         self.stem = nn.Sequential(
             nn.Conv2d(3, w[0], 3, stride=2, padding=1, bias=False),
@@ -260,9 +282,7 @@ class ResUNet(nn.Module):
         if full_resolution:
             self.refine = FullResolutionRefinement(3, w[0], num_classes, dropout, upsampling)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x.shape[-2], x.shape[-1], self.size_factor)
-        image = self.input_norm(x)
+    def _logits(self, image: torch.Tensor) -> torch.Tensor:
         features = [self.stem(image)]
         for stage in self.stages:
             features.append(stage(features[-1]))
@@ -273,7 +293,7 @@ class ResUNet(nn.Module):
         return logits
 
 
-class LiteUNet(nn.Module):
+class LiteUNet(SegmentationNet):
     """U-Net decoder over an EfficientNet-Lite encoder, mapping (N, 3, H, W) images to
     (N, num_classes, H, W) logits.
 
@@ -298,10 +318,8 @@ class LiteUNet(nn.Module):
         mean: Sequence[float] = LITE_MEAN,
         std: Sequence[float] = LITE_STD,
     ) -> None:
-        super().__init__()
-        check_classes(num_classes)
+        super().__init__(num_classes, mean, std, input_norm)
         check_architecture(encoder, width, dropout)
-        self.input_norm = InputNormalisation(mean, std, input_norm)
         self.encoder = LiteEncoder(encoder)
         self.freeze_encoder_bn = freeze_encoder_bn
         skips = self.encoder.channels[:-1]
@@ -313,9 +331,7 @@ class LiteUNet(nn.Module):
         )
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x.shape[-2], x.shape[-1], self.size_factor)
-        image = self.input_norm(x)
+    def _logits(self, image: torch.Tensor) -> torch.Tensor:
         return upsample_to(self.head(decode(self.ups, self.encoder(image))), image)
 
     def train(self, mode: bool = True) -> LiteUNet:
@@ -361,9 +377,6 @@ class FullResolutionRefinement(nn.Module):
     def forward(self, decoded: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Logit corrections at the image's size from half-resolution features and the image."""
         return self.head(self.up(decoded, self.skip(image)))
-
-
-SegmentationNet = UNet | ResUNet | LiteUNet
 
 
 def build_model(config: Config, num_classes: int, pretrained: bool = False) -> SegmentationNet:

@@ -95,6 +95,11 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def elastic_restart() -> bool:
+    """Whether torchrun started this process again after a failure (``--max-restarts``)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
 def make_runtime(train: TrainConfig, cpu_bf16: bool = True) -> Runtime:
     """Resolve the device and precision; join torchrun's process group when launched by it.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,8 @@ def open_image(path: Path) -> Image.Image:
     except DataError:
         raise
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        what = "broken symbolic link" if path.is_symlink() else "file not found"
+        raise DataError(f"{path}: {what}") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -155,7 +157,14 @@ def _colors_to_label_ids(rgb: np.ndarray, path: Path) -> np.ndarray:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (recursive), sorted."""
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    """Image files below ``folder``, sorted. Links to folders are followed, each folder once (a
+    link loop ends there); broken links are listed, so that reading them names the problem."""
+    found, seen = [], set()
+    for top, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            folders.clear()
+            continue
+        seen.add(real)
+        found += [Path(top, f) for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(found)

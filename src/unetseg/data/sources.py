@@ -26,6 +26,12 @@ def find_samples(data: DataConfig, split: str, root: Path | None = None) -> list
     return samples
 
 
+def no_samples(data: DataConfig, split: str) -> str:
+    """The problem of a split that holds no samples, naming where they were looked for."""
+    split_name = {"train": data.train_split, "val": data.val_split}.get(split, split)
+    return f"{split}: no samples of split {split_name!r} under {data.root}"
+
+
 def ensure_synthetic(data: DataConfig, progress: bool = True) -> None:
     """Write the synthetic data set under ``data.root`` unless a complete one is there.
 

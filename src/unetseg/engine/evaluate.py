@@ -13,12 +13,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from unetseg.core.checkpoint import unwrap
 from unetseg.core.classes import IGNORE_INDEX, ClassSet
 from unetseg.core.files import write_json
 from unetseg.core.metrics import ConfusionMatrix, SegmentationScores
 from unetseg.core.runtime import Runtime
 from unetseg.data.transforms import prepare_batch
 from unetseg.engine import viz
+from unetseg.engine.calibration import Calibration, Reliability
 
 
 def per_image_matrices(
@@ -50,12 +52,19 @@ def evaluate_model(
     loss_fn: nn.Module | None = None,
     max_batches: int = 0,
     per_image: bool = False,
+    reliability: bool = False,
 ) -> dict[str, Any]:
     """Scores (and mean loss) of ``model`` over ``loader``'s uint8 batches; all ranks reduced.
 
     Returns ``scores`` (SegmentationScores), ``loss`` (float or NaN), ``matrix`` (C x C numpy)
-    and, with ``per_image``, ``image_miou``: this rank's per-image mIoU in loader order.
+    and, with ``per_image``, ``image_miou``: this rank's per-image mIoU in loader order. With
+    ``reliability`` (one process only), ``calibration``: the confidence of every labelled pixel
+    against its correctness, with the model's temperature and without it.
     """
+    if reliability and runtime.distributed:
+        raise ValueError("reliability is counted by a single process")
+    temperature = float(unwrap(model).temperature)
+    calibration = Calibration(temperature, Reliability.empty(), Reliability.empty())
     model.eval()
     confusion = ConfusionMatrix(class_set.num_classes, device=runtime.device)
     loss_sum = torch.zeros(
@@ -72,6 +81,11 @@ def evaluate_model(
         confusion.update(prediction, y)
         if loss_fn is not None:
             loss_sum += torch.tensor([float(loss_fn(logits, y)[0]), 1.0], dtype=torch.float64)
+        if reliability:
+            valid = y != IGNORE_INDEX
+            pixels, labels = logits.float().permute(0, 2, 3, 1)[valid], y[valid]
+            calibration.before.add(pixels * temperature, labels)
+            calibration.after.add(pixels, labels)
         if per_image:
             matrices = per_image_matrices(prediction, y, class_set.num_classes).cpu().numpy()
             image_scores.extend(image_miou(m) for m in matrices)
@@ -86,6 +100,7 @@ def evaluate_model(
         "loss": loss,
         "matrix": confusion.matrix.cpu().numpy(),
         "image_miou": image_scores,
+        "calibration": calibration if reliability else None,
     }
 
 
@@ -115,6 +130,7 @@ class Scored:
     matrix: np.ndarray
     worst_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     worst_scores: list[float]
+    calibration: Calibration | None = None
 
 
 def worst_first(image_mious: Sequence[float]) -> list[int]:
@@ -127,8 +143,9 @@ def worst_first(image_mious: Sequence[float]) -> list[int]:
 def write_evaluation(
     out: Path, metrics: dict[str, Any], scored: Scored, class_set: ClassSet, split: str
 ) -> None:
-    """An evaluation folder: metrics.json, the per-class IoU chart, the confusion matrix and one
-    grid per worst image (what report.html shows)."""
+    """An evaluation folder: metrics.json, the per-class IoU chart, the confusion matrix, the
+    reliability diagram when there is a calibration, and one grid per worst image (what
+    report.html shows)."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("worst_*.png"):  # an earlier scoring's, named by their mIoU
         stale.unlink()
@@ -138,6 +155,8 @@ def write_evaluation(
     chart = out / "per_class_iou.png"
     viz.plot_class_bars(class_set.names, scores.iou.tolist(), chart, "IoU", title)
     viz.plot_confusion(scored.matrix, class_set.names, out / "confusion_matrix.png")
+    if scored.calibration is not None:
+        scored.calibration.plot(out / "reliability.png", f"{split}: calibration")
     for rank, (row, value) in enumerate(zip(scored.worst_rows, scored.worst_scores), start=1):
         grid = viz.comparison_grid([row], class_set)
         viz.save_image(grid, out / f"worst_{rank:02d}_miou_{value:.3f}.png")

@@ -1,7 +1,7 @@
 """ONNX export: a checkpoint's model as one self-contained .onnx file plus a JSON of its metadata.
 
 The model takes float32 RGB images in [0, 1], ``images`` (N, 3, H, W), normalises them itself and
-returns ``logits`` (N, C, H, W); batch, height and width are dynamic (height and width multiples
+returns ``logits`` (N, C, H, W), already divided by its calibration temperature; batch, height and width are dynamic (height and width multiples
 of the model's size factor, 16 or 32). The JSON beside it holds what inference needs besides the
 weights: class set, size factor, training size.
 """
@@ -15,6 +15,7 @@ from torch.export import Dim
 
 from unetseg.core.checkpoint import model_from_checkpoint, model_metadata
 from unetseg.core.config import ConfigError
+from unetseg.core.extras import require
 from unetseg.core.files import atomic_path, write_json
 
 
@@ -27,6 +28,8 @@ def export_onnx(checkpoint: Path, output: Path, opset: int = 18) -> Path:
         raise ConfigError(f"{output}: an ONNX file must end in .onnx (its metadata goes beside it)")
     if output.is_dir():
         raise ConfigError(f"{output}: is a folder; give the .onnx file to write")
+    for module in ("onnx", "onnxscript"):  # what torch's exporter imports
+        require(module, "onnx", "ONNX export")
     model, config, class_set = model_from_checkpoint(checkpoint)
     # torch.export proves every input side a multiple of the size factor (forward checks it),
     # so the dynamic sides are declared as the factor times an integer.
@@ -52,5 +55,5 @@ def export_onnx(checkpoint: Path, output: Path, opset: int = 18) -> Path:
             dynamo=True,
             verbose=False,
         )
-    write_json(output.with_suffix(".json"), model_metadata(config, class_set))
+    write_json(output.with_suffix(".json"), model_metadata(model, config, class_set))
     return output

@@ -4,7 +4,7 @@ Each image is resized so that its area matches the training area (the scale the 
 its logits are upsampled back to the original size and arg-maxed. Optionally the prediction is
 averaged with that of the mirrored image and/or of rescaled copies (test-time augmentation), or the
 image is tiled at its own resolution with overlapping windows of the training size instead of being
-shrunk.
+shrunk. The confidence of each pixel is the maximum of the (calibrated) softmax, as upsampled.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from PIL import Image
 from unetseg.core.checkpoint import MODEL_INPUT, CheckpointError, model_from_checkpoint
 from unetseg.core.classes import ClassSet
 from unetseg.core.config import Config, check_scales
+from unetseg.core.extras import require
 from unetseg.core.model import SegmentationNet, check_input_size
 from unetseg.core.runtime import Runtime, local_runtime
 from unetseg.data.io import read_rgb, to_rgb
@@ -75,8 +76,7 @@ class Predictor:
     @classmethod
     def from_onnx(cls, path: Path, meta: dict[str, Any]) -> Predictor:
         """An exported ONNX model on the CPU; ``meta`` is the JSON that export wrote beside it."""
-        import onnxruntime as ort
-
+        ort = require("onnxruntime", "onnx", "ONNX inference")
         if not path.is_file():
             raise CheckpointError(f"{path}: ONNX model not found")
         options = ort.SessionOptions()
@@ -173,7 +173,13 @@ def as_rgb(image: ImageLike) -> np.ndarray:
     raise ValueError(f"an image must be uint8 or float in [0, 1], not {array.dtype}")
 
 
-@torch.inference_mode()
+class Prediction(NamedTuple):
+    """An image's (H, W) uint8 class ids and, when asked for, (H, W) float32 confidence."""
+
+    mask: np.ndarray
+    confidence: np.ndarray | None = None
+
+
 def predict_image(
     predictor: Predictor,
     image: ImageLike,
@@ -190,11 +196,27 @@ def predict_image(
     (1/3 overlap, ``batch_size`` windows per forward pass), averaging softmax where they overlap.
     ``scales`` (resize path only) averages the softmax over the inference size times each scale.
     """
+    return segment(predictor, image, tta, sliding_window, batch_size, scales).mask
+
+
+@torch.inference_mode()
+def segment(
+    predictor: Predictor,
+    image: ImageLike,
+    tta: bool = False,
+    sliding_window: bool = False,
+    batch_size: int = 4,
+    scales: Sequence[float] = (1.0,),
+    confidence: bool = False,
+) -> Prediction:
+    """As ``predict_image``, as a ``Prediction``: with ``confidence`` also each pixel's
+    confidence, the maximum of the softmax in [0, 1], calibrated once the model's temperature
+    has been fitted (at the end of training, or by ``unetseg calibrate``)."""
     check_scales(scales, sliding_window)
     rgb = as_rgb(image)
     if sliding_window:
-        return _predict_sliding(predictor, rgb, tta, batch_size)
-    return predict_batch(predictor, [rgb], tta, scales)[0]
+        return _predict_sliding(predictor, rgb, tta, batch_size, confidence)
+    return predict_batch(predictor, [rgb], tta, scales, confidence)[0]
 
 
 def predict_batch(
@@ -202,12 +224,14 @@ def predict_batch(
     images: list[np.ndarray],
     tta: bool,
     scales: Sequence[float] = (1.0,),
-) -> list[np.ndarray]:
-    """Masks of images that share one inference size, one forward pass per scale."""
+    confidence: bool = False,
+) -> list[Prediction]:
+    """Predictions of images that share one inference size, one forward pass per scale."""
     height, width = images[0].shape[:2]
     factor = predictor.size_factor
     base = inference_size(width, height, predictor.input_size, factor)
-    softmax = tta or len(scales) > 1  # logits of different passes are not comparable
+    # Logits of different passes are not comparable; a confidence is a probability.
+    softmax = tta or len(scales) > 1 or confidence
     scores = None
     for scale in scales:
         size = (_round_to(base[0] * scale, factor), _round_to(base[1] * scale, factor))
@@ -219,9 +243,7 @@ def predict_batch(
         if size != base:
             part = F.interpolate(part, size=base[::-1], mode="bilinear", align_corners=False)
         scores = part if scores is None else scores + part
-    return [
-        _upsample_argmax(s, i.shape[0], i.shape[1]).cpu().numpy() for s, i in zip(scores, images)
-    ]
+    return [_upsample(s, i.shape[0], i.shape[1], confidence) for s, i in zip(scores, images)]
 
 
 def _scores(predictor: Predictor, x: torch.Tensor, tta: bool, softmax: bool) -> torch.Tensor:
@@ -234,8 +256,9 @@ def _scores(predictor: Predictor, x: torch.Tensor, tta: bool, softmax: bool) -> 
     return (direct + mirrored.flip(-1)) / 2
 
 
-def _upsample_argmax(scores: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Arg-max of (C, h, w) scores upsampled bilinearly (as align_corners=False) to (H, W) uint8.
+def _upsample(scores: torch.Tensor, height: int, width: int, confidence: bool) -> Prediction:
+    """Arg-max (and with ``confidence`` the maximum) of (C, h, w) scores upsampled bilinearly
+    (as align_corners=False) to (H, W).
 
     Widened in one go, then interpolated vertically a band of rows at a time, so that a huge
     image never holds all C full-resolution score planes at once. Classes are made the last,
@@ -250,16 +273,26 @@ def _upsample_argmax(scores: torch.Tensor, height: int, width: int) -> torch.Ten
     bottom = (top + 1).clamp(max=rows - 1)
     weight = (source - top).view(-1, 1, 1)
     mask = torch.empty(height, width, dtype=torch.uint8, device=scores.device)
+    best = torch.empty(height, width, device=scores.device) if confidence else None
     for start in range(0, height, UPSAMPLE_ROWS):
         band = slice(start, start + UPSAMPLE_ROWS)
         mixed = torch.lerp(wide[top[band]], wide[bottom[band]], weight[band])
-        mask[band] = mixed.argmax(-1).to(torch.uint8)
-    return mask
+        values, labels = mixed.max(-1)
+        mask[band] = labels.to(torch.uint8)
+        if best is not None:
+            best[band] = values
+    return _prediction(mask, best)
+
+
+def _prediction(mask: torch.Tensor, confidence: torch.Tensor | None) -> Prediction:
+    """Device tensors as the numpy arrays of a ``Prediction``."""
+    kept = None if confidence is None else confidence.float().clamp(0, 1).cpu().numpy()
+    return Prediction(mask.cpu().numpy(), kept)
 
 
 def _predict_sliding(
-    predictor: Predictor, image: np.ndarray, tta: bool, batch_size: int
-) -> np.ndarray:
+    predictor: Predictor, image: np.ndarray, tta: bool, batch_size: int, confidence: bool
+) -> Prediction:
     """Mean softmax of overlapping training-size windows over the full-resolution image."""
     height, width = image.shape[:2]
     window_w = min(predictor.input_size[0], _ceil_to(width, predictor.size_factor))
@@ -280,7 +313,8 @@ def _predict_sliding(
             total[:, rows, columns] += p
             count[:, rows, columns] += 1
     mean = total[:, :height, :width] / count[:, :height, :width]
-    return mean.argmax(0).to(torch.uint8).cpu().numpy()
+    values, labels = mean.max(0)
+    return _prediction(labels.to(torch.uint8), values if confidence else None)
 
 
 def _pad(x: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from unetseg.core.config import Config
+from unetseg.core.config import Config, changed_settings
 from unetseg.core.files import write_text
 
 MAX_SNAPSHOTS = 6
@@ -64,6 +64,7 @@ _SECTIONS = (
     ("curves", "Curves"),
     ("per-class", "Per-class scores"),
     ("confusion", "Confusion matrix"),
+    ("calibration", "Calibration"),
     ("snapshots", "Snapshots"),
     ("predictions", "Predictions"),
 )
@@ -96,6 +97,7 @@ def render_report(run_dir: Path, extra: dict[str, Path] | None = None) -> str:
         "curves": _curves(run_dir),
         "per-class": _per_class(run_dir, evaluation),
         "confusion": _confusion(evaluation),
+        "calibration": _calibration(evaluation),
         "snapshots": _snapshots(run_dir),
         "predictions": _predictions(evaluation, extra.get("predictions")),
     }
@@ -340,15 +342,7 @@ def _changed_settings(text: str) -> list[str]:
         defaults = Config().to_dict()
     except yaml.YAMLError:
         return []
-    if not isinstance(given, dict):
-        return []
-    return [
-        f"{section}.{key}={value}"
-        for section, values in given.items()
-        if isinstance(values, dict)
-        for key, value in values.items()
-        if defaults.get(section, {}).get(key) != value
-    ]
+    return changed_settings(given, defaults) if isinstance(given, dict) else []
 
 
 def _curves(run_dir: Path) -> str:
@@ -396,6 +390,20 @@ def _confusion(evaluation: Path | None) -> str:
     return f'<p class="muted">from {_esc(evaluation.name)}/</p>' + _gallery(
         [evaluation / "confusion_matrix.png"], "gallery wide"
     )
+
+
+def _calibration(evaluation: Path | None) -> str:
+    found = read_json(evaluation / "metrics.json") if evaluation else None
+    calibration = found.get("calibration") if isinstance(found, dict) else None
+    diagram = evaluation / "reliability.png" if evaluation else None
+    if not isinstance(calibration, dict) or diagram is None or not diagram.is_file():
+        return _missing("reliability diagram (run unetseg calibrate, then unetseg evaluate)")
+    note = (
+        f"temperature {fmt_score(calibration.get('temperature'))}; expected calibration error "
+        f"{fmt_score(calibration.get('ece_before'))} without it, "
+        f"{fmt_score(calibration.get('ece_after'))} with it ({evaluation.name}/)"
+    )
+    return f'<p class="muted">{_esc(note)}</p>' + _gallery([diagram])
 
 
 def _snapshots(run_dir: Path) -> str:

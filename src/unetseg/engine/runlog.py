@@ -31,7 +31,7 @@ class RunLog:
         if not self.enabled:
             return
         with open(self.run_dir / name, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+            handle.write(json.dumps(strict_json(row), allow_nan=False) + "\n")
         if self.writer is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
@@ -78,3 +78,15 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: JSON has no such numbers, and a strict reader
+    (jq, JavaScript) rejects the ``NaN`` that Python would write."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value

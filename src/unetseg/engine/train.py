@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from unetseg.core import checkpoint as ckpt
 from unetseg.core.classes import load_class_set
-from unetseg.core.config import Config, TrainConfig, save_config
+from unetseg.core.config import Config, TrainConfig, changed_settings, save_config
 from unetseg.core.ema import WeightAverage
 from unetseg.core.encoders import ENCODERS
 from unetseg.core.files import atomic_path, exclusive_lock, write_json
@@ -51,6 +51,7 @@ from unetseg.data.prepare import prepare_data
 from unetseg.data.statistics import rare_class_weights, stats_of_masks
 from unetseg.data.transforms import prepare_batch
 from unetseg.engine import viz
+from unetseg.engine.calibration import Calibration, calibrate, calibrate_file
 from unetseg.engine.evaluate import (
     Scored,
     comparison_rows,
@@ -238,13 +239,15 @@ class Trainer:
         if self.ema is not None and state.get("ema"):
             average = state["ema"]
             self.ema.load_state_dict(
-                {**average, "weights": ckpt.with_normalisation(self.model, average["weights"])}
+                {**average, "weights": ckpt.with_defaults(self.model, average["weights"])}
             )
         elif self.ema is not None:  # averaging switched on at this resume: start from the weights
             self.ema = self._new_average()
         self.last_checkpoint = path
         if self.rt.is_main:
             print(f"resuming from {path} at step {self.step}", file=sys.stderr)
+            for setting in changed_settings(self.config.to_dict(), state["config"]):
+                print(f"warning: resuming with {setting}, not the run's value", file=sys.stderr)
             # What a killed run was writing (atomic writes' temporaries) will never be finished.
             for stale in [*self.run_dir.glob(".*.tmp*"), *self.run_dir.glob("*/.*.tmp*")]:
                 stale.unlink(missing_ok=True)
@@ -418,6 +421,19 @@ class Trainer:
             per_image,
         )
         return result
+
+    def calibrate(self, checkpoint: Path | None = None) -> Calibration:
+        """Fit a temperature on the whole val split (in this process alone): of the weights that
+        ship, set in them, or of those ``checkpoint`` ships, stored in that file."""
+        loader = val_loader(
+            self.data["val"], self.config.train.batch_size, self.workers, self.rt.device
+        )
+        width, height = self.config.data.size
+        pixels = len(self.data["val"]) * width * height
+        if checkpoint is not None:
+            return calibrate_file(checkpoint, loader, self.rt, pixels)
+        # Unwrapped: a DDP forward in one process alone would wait for the others' buffers.
+        return calibrate(ckpt.unwrap(self.eval_model), loader, self.rt, pixels)
 
     def snapshot(self) -> None:
         """A grid of fixed val images, spread over the split (consecutive frames of a video
@@ -657,11 +673,13 @@ def _finish(trainer: Trainer, log: RunLog) -> TrainResult:
     metrics = result["scores"].to_dict(trainer.class_set.names)
     metrics.update(step=trainer.step, split="val", val_loss=_finite(result["loss"]))
     if trainer.rt.is_main:
+        calibration = _calibrate_outputs(trainer, final)
+        metrics["calibration"] = calibration.to_dict()
         ckpt.export_safetensors(
             trainer.eval_model, trainer.config, trainer.class_set, run_dir / "model.safetensors"
         )
         write_json(run_dir / "metrics.json", metrics)
-        _write_final_evaluation(trainer, result, metrics)
+        _write_final_evaluation(trainer, result, metrics, calibration)
         trainer.snapshot()
         write_report(run_dir)
     log.close()
@@ -669,8 +687,26 @@ def _finish(trainer: Trainer, log: RunLog) -> TrainResult:
     return TrainResult(run_dir, final, best if best.is_file() else None, metrics)
 
 
+def _calibrate_outputs(trainer: Trainer, final: Path) -> Calibration:
+    """The temperature of final.pt's weights (then of the exported ones), and of best.pt's when
+    those are from an earlier step, each fitted on val and stored in its file."""
+    calibration = trainer.calibrate()
+    print(f"calibration: {calibration.line()}", file=sys.stderr)
+    trainer.save(final)
+    best = trainer.run_dir / "best.pt"
+    if best.is_file() and ckpt.load_checkpoint(best)["step"] != trainer.step:
+        trainer.calibrate(best)
+    elif best.is_file():
+        trainer.save(best)
+    return calibration
+
+
 def _write_final_evaluation(
-    trainer: Trainer, result: dict[str, Any], metrics: dict[str, Any], worst: int = 4
+    trainer: Trainer,
+    result: dict[str, Any],
+    metrics: dict[str, Any],
+    calibration: Calibration,
+    worst: int = 4,
 ) -> None:
     """``evaluation/`` of the final val pass: charts, confusion matrix and worst images, so that
     report.html shows them without a separate ``unetseg evaluate``."""
@@ -679,7 +715,8 @@ def _write_final_evaluation(
     val, step = trainer.data["val"], trainer.rt.world_size
     pairs = [val[i * step] for i in order]
     rows = comparison_rows(ckpt.unwrap(trainer.eval_model), pairs, trainer.rt)
-    scored = Scored(result["scores"], result["matrix"], rows, [image_mious[i] for i in order])
+    worst_scores = [image_mious[i] for i in order]
+    scored = Scored(result["scores"], result["matrix"], rows, worst_scores, calibration)
     write_evaluation(trainer.run_dir / "evaluation", metrics, scored, trainer.class_set, "val")
 
 

@@ -137,3 +137,20 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], path: Path) -> None
     axis.set_ylabel("ground truth")
     figure.colorbar(image, fraction=0.046)
     _save_figure(figure, path)
+
+
+def plot_reliability(curves: dict[str, tuple[np.ndarray, float]], path: Path, title: str) -> None:
+    """Reliability diagram: accuracy per equal-width confidence bin, one line per label
+    (``label: (accuracy per bin, ECE)``), against the diagonal of perfect calibration."""
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.plot([0, 1], [0, 1], color="#999999", linestyle="--", label="calibrated")
+    for label, (accuracy, ece) in curves.items():
+        centres = (np.arange(len(accuracy)) + 0.5) / len(accuracy)
+        axis.plot(centres, accuracy, marker="o", label=f"{label} (ECE {ece:.3f})")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("confidence (max softmax)")
+    axis.set_ylabel("accuracy")
+    axis.set_title(title)
+    axis.legend(loc="upper left")
+    _save_figure(figure, path)
