@@ -352,24 +352,39 @@ def _add_prepare(command: Command) -> None:
     _add_config_arguments(prepare)
 
 
+def _tools(command: Command, name: str, help_text: str) -> Callable[..., argparse.ArgumentParser]:
+    """A command made of tools (``unetseg data check``); returns what adds one tool to it."""
+    tools = command(name, lambda a: 0, help_text).add_subparsers(
+        dest=f"{name}_command", required=True, metavar="TOOL"
+    )
+
+    def tool(
+        tool_name: str, handler: Callable, help_text: str, description: str
+    ) -> argparse.ArgumentParser:
+        parser = tools.add_parser(tool_name, help=help_text, description=description)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    return tool
+
+
 def _add_data(command: Command) -> None:
     """``unetseg data``: data check, stats and show."""
-    data = command("data", lambda a: 0, "data set tools: check, stats, show")
-    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="TOOL")
-    check = data_commands.add_parser(
+    tool = _tools(command, "data", "data set tools: check, stats, show")
+    check = tool(
         "check",
-        help="list every problem of the data set; exits non-zero if there is any",
-        description="list every problem (missing mask, unreadable "
-        "file, size mismatch, unknown mask value); exit 1 if any",
+        cmd_data_check,
+        "list every problem of the data set; exits non-zero if there is any",
+        "list every problem (missing mask, unreadable file, size mismatch, unknown mask value); "
+        "exit 1 if any",
     )
-    check.set_defaults(handler=cmd_data_check)
-    stats = data_commands.add_parser(
+    stats = tool(
         "stats",
-        help="pixel share per class and split, with suggested class weights and a bar chart",
-        description="pixel share per class and split, suggested "
-        "median-frequency class weights, and a bar chart PNG",
+        cmd_data_stats,
+        "pixel share per class and split, with suggested class weights and a bar chart",
+        "pixel share per class and split, suggested median-frequency class weights, and a bar "
+        "chart PNG",
     )
-    stats.set_defaults(handler=cmd_data_stats)
     stats.add_argument(
         "--out",
         "--plot",
@@ -378,12 +393,12 @@ def _add_data(command: Command) -> None:
         default=Path("class_stats.png"),
         help="where to write the bar chart (class_stats.png)",
     )
-    show = data_commands.add_parser(
+    show = tool(
         "show",
-        help="a PNG grid of image | colour mask samples",
-        description="a PNG grid of image | colour mask for random samples, with the class legend",
+        cmd_data_show,
+        "a PNG grid of image | colour mask samples",
+        "a PNG grid of image | colour mask for random samples, with the class legend",
     )
-    show.set_defaults(handler=cmd_data_show)
     show.add_argument("--split", default="train", help="split to sample from (train)")
     show.add_argument("--count", type=_positive, default=6, help="number of samples (6)")
     show.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
@@ -462,15 +477,13 @@ def _add_report(command: Command) -> None:
 
 def _add_config(command: Command) -> None:
     """``unetseg config show``: the resolved configuration."""
-    config = command("config", lambda a: 0, "configuration tools: show")
-    tools = config.add_subparsers(dest="config_command", required=True, metavar="TOOL")
-    show = tools.add_parser(
+    show = _tools(command, "config", "configuration tools: show")(
         "show",
-        help="print the configuration a command would use (every section.key, resolved)",
-        description="print the configuration a command would use, every section.key resolved "
-        "from the defaults, the YAML and the overrides",
+        cmd_config_show,
+        "print the configuration a command would use (every section.key, resolved)",
+        "print the configuration a command would use, every section.key resolved from the "
+        "defaults, the YAML and the overrides",
     )
-    show.set_defaults(handler=cmd_config_show)
     _add_config_arguments(show)
 
 
