@@ -154,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from unetseg.commands.demo import QUICK_RECIPE
     from unetseg.core.checkpoint import checkpoint_paths
     from unetseg.core.config import load_config
-    from unetseg.core.runtime import elastic_restart
+    from unetseg.core.runtime import elastic_restart, process_rank
     from unetseg.engine.train import train
 
     overrides = [*args.overrides, *([f"train.device={args.device}"] if args.device else [])]
@@ -164,7 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         quick = [] if args.config else QUICK_RECIPE
         config = load_config(args.config, [*quick, *overrides])
-        if quick:
+        if quick and process_rank() == 0:  # once, not once per torchrun worker
             print(
                 "no --config: the demo's quick recipe (a width-16 U-Net at 256x128, 1100 steps "
                 "of 8 images: minutes on a laptop CPU) on the synthetic scenes; "

@@ -63,8 +63,10 @@ def evaluate_model(
     """
     if reliability and runtime.distributed:
         raise ValueError("reliability is counted by a single process")
-    temperature = float(unwrap(model).temperature)
-    calibration = Calibration(temperature, Reliability.empty(), Reliability.empty())
+    calibration = None
+    if reliability:
+        temperature = float(unwrap(model).temperature)
+        calibration = Calibration(temperature, Reliability.empty(), Reliability.empty())
     model.eval()
     confusion = ConfusionMatrix(class_set.num_classes, device=runtime.device)
     loss_sum = torch.zeros(
@@ -81,10 +83,10 @@ def evaluate_model(
         confusion.update(prediction, y)
         if loss_fn is not None:
             loss_sum += torch.tensor([float(loss_fn(logits, y)[0]), 1.0], dtype=torch.float64)
-        if reliability:
+        if calibration is not None:
             valid = y != IGNORE_INDEX
             pixels, labels = logits.float().permute(0, 2, 3, 1)[valid], y[valid]
-            calibration.before.add(pixels * temperature, labels)
+            calibration.before.add(pixels * calibration.temperature, labels)
             calibration.after.add(pixels, labels)
         if per_image:
             matrices = per_image_matrices(prediction, y, class_set.num_classes).cpu().numpy()
@@ -100,7 +102,7 @@ def evaluate_model(
         "loss": loss,
         "matrix": confusion.matrix.cpu().numpy(),
         "image_miou": image_scores,
-        "calibration": calibration if reliability else None,
+        "calibration": calibration,
     }
 
 
