@@ -17,7 +17,12 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 
 from unetseg.core.checkpoint import load_checkpoint
 from unetseg.core.config import load_config
-from unetseg.engine.calibration import Reliability, fit_temperature, store_temperature
+from unetseg.engine.calibration import (
+    Calibration,
+    Reliability,
+    fit_temperature,
+    store_calibration,
+)
 from unetseg.engine.export import export_onnx
 from unetseg.engine.inference import Predictor, predict_image, segment
 from unetseg.engine.train import TrainResult, train
@@ -90,7 +95,8 @@ def test_calibrate_changes_confidence_not_masks_and_every_format_carries_it(
 ) -> None:
     checkpoint = tmp_path / "model.pt"
     checkpoint.write_bytes(trained.final_checkpoint.read_bytes())
-    store_temperature(checkpoint, 1.0)  # as an uncalibrated model
+    uncalibrated = Calibration(1.0, Reliability.empty(), Reliability.empty())
+    store_calibration(checkpoint, uncalibrated)
     image = random_image(48, 96)
     batch = torch.rand(2, 3, 32, 64, generator=torch.Generator().manual_seed(0))
     before = Predictor.from_checkpoint(checkpoint, device="cpu")

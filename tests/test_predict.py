@@ -249,6 +249,7 @@ def test_results_inside_the_input_folder_are_not_inputs(
         "a_overlay.jpg",
         "classes.json",  # what the ids and colours mean
         "legend.png",
+        "predictions.json",  # each input's outputs (no domain check: the model has no profile)
     ]
     legend = json.loads((tmp_path / "pred" / "classes.json").read_text())
     assert legend["classes"][0] == {"id": 7, "name": "road", "color": [128, 64, 128]}

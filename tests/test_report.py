@@ -90,7 +90,9 @@ def fake_run(tmp_path: Path) -> Path:
         {"step": 20, "val_loss": 0.8, "miou": 0.4375, "mean_dice": 0.5, "elapsed_s": 150.0},
     ]
     (run / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for i, name in enumerate(["curves_lr.png", "curves_loss.png", "curves_miou.png"]):
+    for i, name in enumerate(
+        ["curves_lr.png", "curves_loss.png", "curves_miou.png", "curves_class_iou.png"]
+    ):
         _image(run / name, seed=i)
     for step in (10, 20):
         _image(run / "snapshots" / f"step_{step:07d}.png", seed=step)
@@ -113,8 +115,8 @@ def test_report_has_every_section_and_embedded_images(fake_run: Path, tmp_path: 
     assert path == fake_run / "report.html"
     page = _parse(path)
     assert page.section_ids == SECTION_IDS
-    # 3 curves, confusion, reliability, 2 snapshots, worst, overlay (no per_class_iou.png)
-    assert len(page.img_srcs) == 9
+    # 4 curves, confusion, reliability, 2 snapshots, worst, overlay (no per_class_iou.png)
+    assert len(page.img_srcs) == 10
     for src in page.img_srcs:
         assert src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,"))
         image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))

@@ -83,6 +83,7 @@ def test_a_run_writes_every_output(synthetic_root, tmp_path):
         "eval.jsonl",
         "curves_loss.png",
         "curves_miou.png",
+        "curves_class_iou.png",
         "best.pt",
         "final.pt",
         "model.safetensors",
@@ -112,7 +113,11 @@ def test_a_run_writes_every_output(synthetic_root, tmp_path):
     assert state["step"] == 6 and state["class_set"]["name"] == "cityscapes19"
     # The final val pass leaves an evaluation the report shows: no "run unetseg evaluate" gaps.
     assert (run / "evaluation" / "confusion_matrix.png").is_file()
-    assert len(list((run / "evaluation").glob("worst_*_miou_*.png"))) == 3  # 3 val scenes
+    # One picture per val scene, each named by its rank and its source image.
+    val_stems = sorted(p.stem for p in (synthetic_root / "leftImg8bit" / "val").rglob("*.png"))
+    worst = sorted((run / "evaluation").glob("worst_*_miou_*.png"))
+    assert sorted(p.name.split("_", 2)[2].rsplit("_miou_", 1)[0] for p in worst) == val_stems
+    assert [p.name[:9] for p in worst] == ["worst_01_", "worst_02_", "worst_03_"]
     report = (run / "report.html").read_text()
     assert "not available" not in report
     assert "<code>model.width=4</code>" in report and "training images/s" in report

@@ -4,11 +4,10 @@ The Python API, in the order of a run::
 
     import unetseg
 
-    config = unetseg.load_config("configs/camvid.yaml", ["train.base_lr=3e-4"])
-    result = unetseg.train(config, Path("runs/mine"))
-    unetseg.evaluate_checkpoint(result.final_checkpoint, full_res=True)
-    predictor = unetseg.Predictor.from_checkpoint(result.final_checkpoint)
-    mask = unetseg.predict_image(predictor, rgb)  # (H, W, 3) uint8 -> (H, W) class ids
+    run = unetseg.train("configs/camvid.yaml", out="runs/mine", overrides=["train.base_lr=3e-4"])
+    scores = unetseg.evaluate(run.final_checkpoint, full_res=True)["metrics"]
+    model = unetseg.load("runs/mine")  # a .pt, a model.safetensors, a run folder or an .onnx
+    result = model.predict("street.jpg")  # .mask, .classes, .confidence, .color(), .save(...)
 
 Names are imported on first use, so that ``import unetseg`` (and the command line) stays fast.
 """
@@ -30,7 +29,11 @@ _WHERE = {
     "ResUNet": "unetseg.core.model",
     "LiteUNet": "unetseg.core.model",
     "model_from_checkpoint": "unetseg.core.checkpoint",
-    "train": "unetseg.engine.train",
+    "load": "unetseg.commands.api",
+    "Model": "unetseg.commands.api",
+    "Segmentation": "unetseg.commands.api",
+    "train": "unetseg.commands.api",
+    "evaluate": "unetseg.commands.evaluate",
     "Trainer": "unetseg.engine.train",
     "Predictor": "unetseg.engine.inference",
     "predict_image": "unetseg.engine.inference",
@@ -42,10 +45,11 @@ _WHERE = {
     "calibrate_checkpoint": "unetseg.commands.evaluate",
     "predict_paths": "unetseg.commands.predict",
 }
+_RENAMED = {"evaluate": "evaluate_checkpoint"}  # the API's name -> the module's
 __all__ = ["__version__", *_WHERE]
 
 
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module 'unetseg' has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+    return getattr(importlib.import_module(_WHERE[name]), _RENAMED.get(name, name))

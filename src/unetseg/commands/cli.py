@@ -221,26 +221,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import json
-
     from unetseg.commands.predict import predict_paths
     from unetseg.engine.inference import Predictor
 
     if (args.checkpoint is None) == (args.onnx is None):
         raise ConfigError("predict: give exactly one of --checkpoint or --onnx")
-    if args.onnx is not None:
-        meta_path = args.onnx.with_suffix(".json")
-        if not meta_path.is_file():
-            raise ConfigError(
-                f"{meta_path}: missing (written by `unetseg export` beside the model)"
-            )
-        try:
-            predictor = Predictor.from_onnx(args.onnx, json.loads(meta_path.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            message = f"{meta_path}: not metadata written by `unetseg export` ({error})"
-            raise ConfigError(message) from None
-    else:
-        predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
+    predictor = Predictor.load(args.checkpoint or args.onnx, args.device)
     report = predict_paths(
         args.input,
         args.output,
@@ -251,8 +237,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         scales=args.scales,
         ids_only=args.ids_only,
         confidence=args.confidence,
+        domain_check=args.domain_check,
     )
     print(f"wrote {len(report.written)} prediction set(s) to {args.output}")
+    if report.checked:
+        print(
+            f"domain check: {len(report.warned)} of {len(report.written)} input(s) lie far "
+            f"outside the training data{', each named above' if report.warned else ''} "
+            f"(scores in {args.output / 'predictions.json'})"
+        )
+    elif args.domain_check:
+        print("domain check: off (the model has no profile of its training data)")
     if report.failed:  # each was named on a "skipped:" line as it happened
         print(f"failed: {len(report.failed)} input(s), each named above", file=sys.stderr)
     return 1 if report.failed else 0
@@ -524,8 +519,12 @@ def _add_predict(command: Command) -> None:
         "segment images of any size; writes colour masks, "
         "overlays and label-id PNGs at the original resolution",
     )
-    predict.add_argument("--checkpoint", type=Path, help=CHECKPOINT_HELP)
-    predict.add_argument("--onnx", type=Path, help="ONNX model from `unetseg export` instead")
+    predict.add_argument(
+        "--checkpoint", type=Path, help=f"{CHECKPOINT_HELP}; or an .onnx from `unetseg export`"
+    )
+    predict.add_argument(
+        "--onnx", type=Path, help="an .onnx from `unetseg export` (as --checkpoint)"
+    )
     predict.add_argument(
         "--input",
         type=Path,
@@ -554,6 +553,12 @@ def _add_predict(command: Command) -> None:
         "--sliding-window",
         action="store_true",
         help="tile large images at their own resolution instead of shrinking them",
+    )
+    predict.add_argument(
+        "--no-domain-check",
+        dest="domain_check",
+        action="store_false",
+        help="do not warn about inputs unlike the training data",
     )
     _add_device_argument(predict)
 

@@ -5,6 +5,7 @@ table and chart, the confusion matrix, the reliability diagram and the worst ima
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from unetseg.core.runtime import Runtime, local_runtime
 from unetseg.data.io import DataError, read_pair
 from unetseg.data.prepare import prepare_data
 from unetseg.data.sources import find_samples, no_samples
-from unetseg.engine.calibration import Calibration, calibrate, store_temperature
+from unetseg.engine.calibration import Calibration, calibrate, store_calibration
+from unetseg.engine.domain import DomainProfile, profile_of
 from unetseg.engine.evaluate import (
     Scored,
     comparison_rows,
@@ -101,7 +103,8 @@ def calibrate_checkpoint(
     overrides: Sequence[str] = (),
 ) -> Calibration:
     """``unetseg calibrate``: fit the temperature of a checkpoint's model on ``split`` (at the
-    training size) and store it in the checkpoint; ``calibration_<split>/`` beside it gets
+    training size) and store it in the checkpoint, with the domain profile of the training split
+    and the model's confidence on ``split``; ``calibration_<split>/`` beside it gets
     calibration.json and the reliability diagram. Masks and scores do not change."""
     checkpoint = resolve_checkpoint(checkpoint)
     if checkpoint.suffix != ".pt":
@@ -115,12 +118,25 @@ def calibrate_checkpoint(
     batches = tqdm(loader, desc=f"calibrate on {split}", disable=not progress)
     pixels = len(cached) * config.data.size[0] * config.data.size[1]
     calibration = calibrate(model, batches, runtime, pixels)
-    store_temperature(checkpoint, calibration.temperature)
+    store_calibration(checkpoint, calibration, _training_profile(config, class_set, calibration))
     out = checkpoint.parent / f"calibration_{split}"
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "calibration.json", {"split": split, **calibration.to_dict()})
     calibration.plot(out / "reliability.png", f"{split}: calibration")
     return calibration
+
+
+def _training_profile(
+    config: Config, class_set: ClassSet, calibration: Calibration
+) -> DomainProfile | None:
+    """The domain profile of the run's training split, or None (the checkpoint's own is kept)
+    where that split is not at hand."""
+    try:
+        train = prepare_data(config, class_set, splits=("train",), progress=False)["train"]
+    except DataError as error:
+        print(f"note: domain profile not rebuilt: {error}", file=sys.stderr)
+        return None
+    return profile_of(train, class_set, calibration.image_confidence)
 
 
 def _load(
@@ -171,7 +187,8 @@ def _score_full_resolution(
         rgb, _, train_ids = read_pair(samples[i], class_set)
         rows.append((rgb, train_ids, predict(rgb).numpy().astype(np.uint8)))
     scores = confusion.compute()
-    return Scored(scores, confusion.matrix.numpy(), rows, [image_mious[i] for i in order])
+    worst_scores, sources = [image_mious[i] for i in order], [str(samples[i].image) for i in order]
+    return Scored(scores, confusion.matrix.numpy(), rows, worst_scores, sources)
 
 
 def _score_cached(
@@ -191,4 +208,6 @@ def _score_cached(
     order = worst_first(result["image_miou"])[:worst]
     rows = comparison_rows(model, [cached[i] for i in order], runtime)
     worst_scores = [result["image_miou"][i] for i in order]
-    return Scored(result["scores"], result["matrix"], rows, worst_scores, result["calibration"])
+    sources = [cached.sources[i] for i in order]
+    calibration = result["calibration"]
+    return Scored(result["scores"], result["matrix"], rows, worst_scores, sources, calibration)

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -23,22 +24,26 @@ from unetseg.core.files import write_json
 from unetseg.core.runtime import sigterm_as_interrupt
 from unetseg.data.io import IMAGE_EXTENSIONS, DataError, list_images, read_rgb
 from unetseg.engine import viz
+from unetseg.engine.domain import DomainCheck, DomainProfile, check
 from unetseg.engine.inference import Prediction, Predictor, inference_size, predict_batch, segment
 
 OVERLAY_QUALITY = 90
 # Decoded images waiting or being written, in pixels: a few large photos, or many small ones,
 # never many large ones at once (memory stays bounded whatever their number).
 PIXELS_IN_FLIGHT = 32_000_000
-LEGEND_FILES = ("classes.json", "legend.png")  # written once per output folder
+# Written once per output folder: the class table, the legend, and what each input gave.
+FOLDER_FILES = ("classes.json", "legend.png", "predictions.json")
 
 
 @dataclass
 class PredictReport:
     """What a ``predict_paths`` run did: the first output file per written image (the colour
-    mask, or the id mask alone), and the failures."""
+    mask, or the id mask alone), the failures, and the inputs the domain check warned about."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (input, reason naming it)
+    warned: list[Path] = field(default_factory=list)
+    checked: bool = False  # whether the model had a domain profile to check inputs against
 
 
 @dataclass(frozen=True)
@@ -74,11 +79,14 @@ def predict_paths(
     scales: Sequence[float] = (1.0,),
     ids_only: bool = False,
     confidence: bool = False,
+    domain_check: bool = True,
 ) -> PredictReport:
     """Write colour, overlay and id masks (``ids_only``: id masks alone) for every image in
-    ``inputs`` (files and folders), and ``classes.json`` + ``legend.png`` for reading them. With
-    ``confidence``, also ``X_confidence.png``: each pixel's confidence (the maximum of the
-    calibrated softmax) as 0-255 grey.
+    ``inputs`` (files and folders), ``classes.json`` + ``legend.png`` for reading them, and
+    ``predictions.json``: each input's outputs and domain check. With ``confidence``, also
+    ``X_confidence.png``: each pixel's confidence (the maximum of the calibrated softmax) as
+    0-255 grey. With ``domain_check``, each input that lies far outside the model's training
+    data (``engine/domain.py``) gets a "warning:" line naming how.
 
     Outputs keep an input folder's sub-folders below ``output`` and the original image size.
     Unreadable images, and images whose outputs would replace an input file, are reported in
@@ -88,14 +96,16 @@ def predict_paths(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     check_scales(scales, sliding_window)
-    report = PredictReport()
+    profile = predictor.domain if domain_check else None
+    report = PredictReport(checked=profile is not None)
     endings = output_endings(predictor.class_set, ids_only, confidence)
+    confidence = confidence or profile is not None  # the check compares mean confidence
     jobs = _plan(inputs, output, endings, report)
     workers = min(4, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="predict-io")
     bar = tqdm(total=len(jobs) + len(report.failed), disable=not progress, unit="image")
     bar.update(len(report.failed))
-    writer = _Writer(pool, predictor.class_set, endings, report, bar, depth=2 * workers)
+    writer = _Writer(pool, predictor.class_set, endings, profile, report, bar, 2 * workers)
     batcher = _Batcher(predictor, batch_size, tta, scales, confidence, writer)
     with sigterm_as_interrupt():  # SIGTERM: the same clean stop as Ctrl-C
         try:
@@ -112,20 +122,23 @@ def predict_paths(
             pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
     report.written = [path for _, path in sorted(writer.written)]
+    report.warned = [source for _, source in sorted(writer.warned)]
     if report.written:
-        _write_legend(output, predictor.class_set)
+        write_legend(output, predictor.class_set)
+        entries = [entry for _, entry in sorted(writer.entries)]
+        write_json(output / FOLDER_FILES[2], {"domain_check": report.checked, "inputs": entries})
     return report
 
 
-def _write_legend(output: Path, class_set: ClassSet) -> None:
+def write_legend(output: Path, class_set: ClassSet) -> None:
     """What the masks mean: each id with its class name and colour, as JSON and as a picture."""
     ids = class_set.label_ids or range(class_set.num_classes)
     table = [
         {"id": int(i), "name": name, "color": list(color)}
         for i, name, color in zip(ids, class_set.names, class_set.colors)
     ]
-    write_json(output / LEGEND_FILES[0], {"class_set": class_set.name, "classes": table})
-    viz.save_image(viz.legend_strip(class_set, 800), output / LEGEND_FILES[1])
+    write_json(output / FOLDER_FILES[0], {"class_set": class_set.name, "classes": table})
+    viz.save_image(viz.legend_strip(class_set, 800), output / FOLDER_FILES[1])
 
 
 def _plan(
@@ -142,11 +155,11 @@ def _plan(
         else:
             sources.append((item, Path(item.stem)))
     protected = {f.resolve(): f for f, _ in sources}
-    # The legend files are the run's own: no image's outputs, nor an input, may be them.
-    claimed: dict[Path, Path] = {(output / n).resolve(): Path(n) for n in LEGEND_FILES}
-    for name in LEGEND_FILES:
+    # The folder's own files: no image's outputs, nor an input, may be them.
+    claimed: dict[Path, Path] = {(output / n).resolve(): Path(n) for n in FOLDER_FILES}
+    for name in FOLDER_FILES:
         if (output / name).resolve() in protected:
-            _fail(report, output / name, f"{output / name}: an input where the legend goes")
+            _fail(report, output / name, f"{output / name}: an input where {name} goes")
             return []
     seen: set[Path] = set()
     jobs: list[_Job] = []
@@ -270,6 +283,7 @@ class _Writer:
         pool: ThreadPoolExecutor,
         class_set: ClassSet,
         endings: Sequence[str],
+        profile: DomainProfile | None,
         report: PredictReport,
         bar: tqdm,
         depth: int,
@@ -277,19 +291,22 @@ class _Writer:
         self.pool = pool
         self.class_set = class_set
         self.endings = endings
+        self.profile = profile
         self.report = report
         self.bar = bar
         self.depth = depth
-        self.written: list[tuple[int, Path]] = []  # (job index, its first output file)
-        # (job, its write, its pixels)
-        self.in_flight: collections.deque[tuple[_Job, Future[None], int]] = collections.deque()
-        # Train id -> the id written to the mask file (Cityscapes label id, else the train id).
-        self.id_table = np.zeros(256, dtype=np.uint8)
-        self.id_table[: class_set.num_classes] = class_set.label_ids or range(class_set.num_classes)
+        # By job index: the first output file, the predictions.json entry, the warned inputs.
+        self.written: list[tuple[int, Path]] = []
+        self.entries: list[tuple[int, dict[str, Any]]] = []
+        self.warned: list[tuple[int, Path]] = []
+        # (job, its write and check, its pixels)
+        self.in_flight: collections.deque[tuple[_Job, Future[DomainCheck | None], int]] = (
+            collections.deque()
+        )
 
     def submit(self, job: _Job, image: np.ndarray, prediction: Prediction) -> None:
         pixels = prediction.mask.size
-        write = self.pool.submit(self._write, job, image, prediction)
+        write = self.pool.submit(self._write_and_check, job, image, prediction)
         self.in_flight.append((job, write, pixels))
         while len(self.in_flight) > 1 and (
             len(self.in_flight) > self.depth
@@ -308,24 +325,51 @@ class _Writer:
     def _finish_oldest(self) -> None:
         job, future, _ = self.in_flight.popleft()
         try:
-            future.result()
+            found = future.result()
         except (OSError, ValueError) as error:
             self.fail(job, f"{job.source}: cannot write outputs: {error}")
             return
-        self.written.append((job.index, job.targets(self.endings)[0]))
+        targets = job.targets(self.endings)
+        self.written.append((job.index, targets[0]))
+        entry = {"source": str(job.source), "outputs": [str(t) for t in targets]}
+        self.entries.append((job.index, {**entry, "domain": found and found.to_dict()}))
+        if found is not None and found.outside:
+            self.warned.append((job.index, job.source))
+            tqdm.write(f"warning: {job.source}: {'; '.join(found.warnings)}", file=sys.stderr)
         self.bar.update()
 
-    def _write(self, job: _Job, image: np.ndarray, prediction: Prediction) -> None:
-        mask = prediction.mask
-        for ending, path in zip(self.endings, job.targets(self.endings)):
-            if ending == "confidence.png":
-                assert prediction.confidence is not None  # asked for with this ending
-                grey = (prediction.confidence * 255).round().astype(np.uint8)
-                viz.save_image(grey, path)
-            elif ending == "color.png":
-                viz.save_image(viz.colorize(mask, self.class_set), path)
-            elif ending == "overlay.jpg":
-                overlay = viz.overlay(image, mask, self.class_set)
-                viz.save_image(overlay, path, quality=OVERLAY_QUALITY)
-            else:
-                viz.save_image(self.id_table[mask], path)
+    def _write_and_check(
+        self, job: _Job, image: np.ndarray, prediction: Prediction
+    ) -> DomainCheck | None:
+        write_outputs(job.targets(self.endings), image, prediction, self.class_set)
+        if self.profile is None:
+            return None
+        return check(self.profile, image, prediction.mask, prediction.confidence, self.class_set)
+
+
+def write_outputs(
+    targets: Sequence[Path], image: np.ndarray, prediction: Prediction, class_set: ClassSet
+) -> None:
+    """One image's output files, each kind chosen by its path's ending (see ``output_endings``):
+    colour mask, overlay, confidence map, or the id mask."""
+    mask = prediction.mask
+    for path in targets:
+        if path.name.endswith("_confidence.png"):
+            if prediction.confidence is None:
+                raise ValueError(f"{path}: this prediction was made without its confidence")
+            viz.save_image((prediction.confidence * 255).round().astype(np.uint8), path)
+        elif path.name.endswith("_color.png"):
+            viz.save_image(viz.colorize(mask, class_set), path)
+        elif path.name.endswith("_overlay.jpg"):
+            overlay = viz.overlay(image, mask, class_set)
+            viz.save_image(overlay, path, quality=OVERLAY_QUALITY)
+        else:
+            viz.save_image(written_ids(class_set)[mask], path)
+
+
+def written_ids(class_set: ClassSet) -> np.ndarray:
+    """Train id -> the id an id mask holds (Cityscapes label id, else the train id), as a
+    256-entry lookup table."""
+    table = np.zeros(256, dtype=np.uint8)
+    table[: class_set.num_classes] = class_set.label_ids or range(class_set.num_classes)
+    return table

@@ -168,6 +168,7 @@ def model_from_checkpoint(source: str | Path) -> tuple[SegmentationNet, Config, 
     model = build_model(config, class_set.num_classes)
     average = state.get("ema") or {}  # the weight average is what a run evaluated and ships
     load_weights(model, average.get("weights", state["model"]), path)
+    model.domain = state.get("domain")
     return model.eval(), config, class_set
 
 
@@ -193,6 +194,7 @@ def _model_from_safetensors(path: Path) -> tuple[SegmentationNet, Config, ClassS
         raise CheckpointError(f"{path}: not readable safetensors ({error})") from None
     model = build_model(config, class_set.num_classes)
     load_weights(model, weights, path)
+    model.domain = meta.get("domain")
     return model.eval(), config, class_set
 
 
@@ -238,8 +240,9 @@ def export_safetensors(model: nn.Module, config: Config, class_set: ClassSet, pa
 
 def model_metadata(model: nn.Module, config: Config, class_set: ClassSet) -> dict[str, Any]:
     """What a user of exported weights needs besides them: input, classes, normalisation, shape,
-    and the temperature the logits are already divided by."""
+    the temperature the logits are already divided by, and the training data's domain profile."""
     mean, std = normalisation(config)
+    domain = unwrap(model).domain
     return {
         "architecture": "unet",
         "model": config.to_dict()["model"],
@@ -250,4 +253,5 @@ def model_metadata(model: nn.Module, config: Config, class_set: ClassSet) -> dic
         "normalisation": {"mean": mean, "std": std, "applied": "inside the model"},
         "class_set": class_set.to_dict(),
         "temperature": {"value": float(unwrap(model).temperature), "applied": "inside the model"},
+        **({"domain": domain} if domain is not None else {}),
     }

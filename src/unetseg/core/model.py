@@ -21,6 +21,7 @@ start from ImageNet weights; its five levels reach 1/32, so input sides must be 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -135,9 +136,12 @@ class SegmentationNet(nn.Module):
     (``InputNormalisation``) and the logits divided by ``temperature``, a buffer fitted on
     validation data after training (``engine/calibration.py``) so that the softmax's confidence
     matches accuracy; it is 1 until then, and never changes an arg-max. Subclasses compute the
-    logits of the normalised image in ``_logits``."""
+    logits of the normalised image in ``_logits``. ``domain`` is what the training data looked
+    like (``engine/domain.py``), kept beside the weights in every saved form; None until a
+    training run ends."""
 
     size_factor: int
+    domain: dict[str, Any] | None = None
 
     def __init__(
         self, num_classes: int, mean: Sequence[float], std: Sequence[float], input_norm: InputNorm

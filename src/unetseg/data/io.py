@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +80,15 @@ def to_rgb(image: Image.Image) -> np.ndarray:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def image_sizes(paths: Iterable[str | Path]) -> list[tuple[int, int]]:
+    """(width, height) of each image file that can still be opened (its header alone is read)."""
+    sizes = []
+    for path in paths:
+        with contextlib.suppress(OSError, ValueError), Image.open(path) as image:
+            sizes.append(image.size)
+    return sizes
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -29,9 +29,11 @@ from unetseg.core.classes import IGNORE_INDEX
 from unetseg.core.runtime import Runtime
 from unetseg.data.transforms import prepare_batch
 from unetseg.engine import viz
+from unetseg.engine.domain import DomainProfile
 
 BINS = 15
 SAMPLE_PIXELS = 1_000_000  # validation pixels the temperature is fitted on (a random sample)
+IMAGE_PIXELS = 512  # pixels per val image whose mean confidence the domain check compares with
 
 
 @dataclasses.dataclass
@@ -98,11 +100,12 @@ def sample_pixels(
     runtime: Runtime,
     fraction: float,
     seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(P, C) float32 logits and (P,) labels of a random ``fraction`` of the labelled pixels."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(P, C) float32 logits and (P,) labels of a random ``fraction`` of the labelled pixels;
+    and (N, IMAGE_PIXELS, C) logits of random pixels of each image, labelled or not."""
     generator = torch.Generator(device=runtime.device).manual_seed(seed)
     model.eval()
-    kept_logits, kept_labels = [], []
+    kept_logits, kept_labels, per_image = [], [], []
     for images, masks in loader:
         x, y = prepare_batch(images.to(runtime.device), masks.to(runtime.device))
         with runtime.autocast():
@@ -111,7 +114,12 @@ def sample_pixels(
         keep = (y != IGNORE_INDEX) & (draw < fraction)
         kept_logits.append(logits.permute(0, 2, 3, 1)[keep].cpu())
         kept_labels.append(y[keep].cpu())
-    return torch.cat(kept_logits), torch.cat(kept_labels)
+        flat = logits.flatten(2)  # (N, C, H*W)
+        pixels = torch.randint(
+            flat.shape[2], (IMAGE_PIXELS,), generator=generator, device=runtime.device
+        )
+        per_image.append(flat[:, :, pixels].transpose(1, 2).cpu())
+    return torch.cat(kept_logits), torch.cat(kept_labels), torch.cat(per_image)
 
 
 @dataclasses.dataclass
@@ -121,6 +129,7 @@ class Calibration:
     temperature: float
     before: Reliability
     after: Reliability
+    image_confidence: list[float] = dataclasses.field(default_factory=list)  # per val image
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,7 +166,7 @@ def calibrate(
     """Fit the model's temperature on ``loader`` (which holds ``total_pixels`` pixels) and set it;
     the temperature it had is the starting point (a calibrated model is fitted again)."""
     fraction = min(1.0, SAMPLE_PIXELS / max(total_pixels, 1))
-    logits, labels = sample_pixels(model, loader, runtime, fraction)
+    logits, labels, per_image = sample_pixels(model, loader, runtime, fraction)
     if len(labels) == 0:
         raise ValueError("no labelled validation pixels to calibrate on")
     scale = fit_temperature(logits, labels)
@@ -166,16 +175,24 @@ def calibrate(
     before.add(logits * current.item(), labels)  # the uncalibrated logits
     after.add(logits / scale, labels)
     current.mul_(scale)
-    return Calibration(float(current), before, after)
+    confidence = (per_image / scale).softmax(-1).amax(-1).mean(-1)
+    return Calibration(float(current), before, after, confidence.tolist())
 
 
-def store_temperature(path: Path, temperature: float) -> None:
-    """Rewrite checkpoint ``path`` with ``temperature`` in its weights (and weight average)."""
+def store_calibration(
+    path: Path, calibration: Calibration, profile: DomainProfile | None = None
+) -> None:
+    """Rewrite checkpoint ``path`` with the fitted temperature in its weights (and weight
+    average), and the val images' confidence under it in its domain profile (``profile``, else
+    the one the file has, if any)."""
     state = load_checkpoint(path)
     average = state.get("ema") or {}
     for weights in (state["model"], average.get("weights")):
         if weights is not None:
-            weights["temperature"] = torch.tensor(temperature)
+            weights["temperature"] = torch.tensor(calibration.temperature)
+    domain = profile.to_dict() if profile is not None else state.get("domain")
+    if domain is not None:
+        state["domain"] = {**domain, "val_confidence": calibration.image_confidence}
     save_checkpoint(state, path)
 
 
@@ -184,9 +201,11 @@ def calibrate_file(
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     runtime: Runtime,
     total_pixels: int,
+    profile: DomainProfile | None = None,
 ) -> Calibration:
-    """Fit the temperature of the model that checkpoint ``path`` ships, and store it there."""
+    """Fit the temperature of the model that checkpoint ``path`` ships, and store it there (with
+    ``profile``, when given, as its domain profile)."""
     model = model_from_checkpoint(path)[0].to(runtime.device)
     calibration = calibrate(model, loader, runtime, total_pixels)
-    store_temperature(path, calibration.temperature)
+    store_calibration(path, calibration, profile)
     return calibration

@@ -126,12 +126,14 @@ def comparison_rows(
 
 @dataclasses.dataclass
 class Scored:
-    """Scores of a split, and its worst images as (image, truth, prediction) rows."""
+    """Scores of a split, and its worst images as (image, truth, prediction) rows, with their
+    mIoU and source files."""
 
     scores: SegmentationScores
     matrix: np.ndarray
     worst_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     worst_scores: list[float]
+    worst_sources: list[str]
     calibration: Calibration | None = None
 
 
@@ -149,7 +151,7 @@ def write_evaluation(
     reliability diagram when there is a calibration, and one grid per worst image (what
     report.html shows)."""
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("worst_*.png"):  # an earlier scoring's, named by their mIoU
+    for stale in out.glob("worst_*.png"):  # an earlier scoring's, named by their source
         stale.unlink()
     write_json(out / "metrics.json", metrics)
     scores = scored.scores
@@ -159,6 +161,7 @@ def write_evaluation(
     viz.plot_confusion(scored.matrix, class_set.names, out / "confusion_matrix.png")
     if scored.calibration is not None:
         scored.calibration.plot(out / "reliability.png", f"{split}: calibration")
-    for rank, (row, value) in enumerate(zip(scored.worst_rows, scored.worst_scores), start=1):
+    worst = zip(scored.worst_rows, scored.worst_scores, scored.worst_sources)
+    for rank, (row, value, source) in enumerate(worst, start=1):
         grid = viz.comparison_grid([row], class_set)
-        viz.save_image(grid, out / f"worst_{rank:02d}_miou_{value:.3f}.png")
+        viz.save_image(grid, out / f"worst_{rank:02d}_{Path(source).stem}_miou_{value:.3f}.png")

@@ -9,6 +9,7 @@ shrunk. The confidence of each pixel is the maximum of the (calibrated) softmax,
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from unetseg.core.model import SegmentationNet, check_input_size
 from unetseg.core.runtime import Runtime, local_runtime
 from unetseg.data.io import read_rgb, to_rgb
 from unetseg.data.transforms import to_model_input
+from unetseg.engine.domain import DomainProfile
 
 UPSAMPLE_ROWS = 256  # output rows upsampled at once: bounds memory to C x 256 x W floats
 WINDOW_OVERLAP = 1 / 3
@@ -43,12 +45,15 @@ class Predictor:
         input_size: tuple[int, int],
         size_factor: int,
         device: torch.device,
+        domain: dict[str, Any] | None = None,
     ) -> None:
         self._run = run
         self.class_set = class_set
         self.input_size = input_size  # training (width, height)
         self.size_factor = size_factor  # input sides must be multiples of it
         self.device = device  # where inputs go and where ``device_logits`` returns them
+        # What the training data looked like (None: a model from before the domain check).
+        self.domain = DomainProfile.from_dict(domain) if domain else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Predictor:
@@ -58,6 +63,22 @@ class Predictor:
         return cls.from_model(
             model, config, class_set, local_runtime(device, config.train.precision)
         )
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> Predictor:
+        """An ONNX model (``.onnx``, with the JSON ``unetseg export`` wrote beside it; CPU only)
+        or, for any other path, ``from_checkpoint``."""
+        path = Path(path)
+        if path.suffix != ".onnx":
+            return cls.from_checkpoint(path, device)
+        meta = path.with_suffix(".json")
+        if not meta.is_file():
+            raise CheckpointError(f"{meta}: missing (written by `unetseg export` beside the model)")
+        try:
+            return cls.from_onnx(path, json.loads(meta.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            message = f"{meta}: not metadata written by `unetseg export` ({error})"
+            raise CheckpointError(message) from None
 
     @classmethod
     def from_model(
@@ -71,6 +92,7 @@ class Predictor:
             (size[0], size[1]),
             model.size_factor,
             runtime.device,
+            model.domain,
         )
 
     @classmethod
@@ -102,6 +124,7 @@ class Predictor:
             (width, height),
             int(meta["size_factor"]),
             torch.device("cpu"),
+            meta.get("domain"),
         )
 
     @torch.inference_mode()

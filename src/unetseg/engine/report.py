@@ -346,7 +346,7 @@ def _changed_settings(text: str) -> list[str]:
 
 
 def _curves(run_dir: Path) -> str:
-    names = ("curves_loss.png", "curves_miou.png", "curves_lr.png")
+    names = ("curves_loss.png", "curves_miou.png", "curves_lr.png", "curves_class_iou.png")
     found = [run_dir / n for n in names if (run_dir / n).is_file()]
     missing = "".join(_missing(n) for n in names if not (run_dir / n).is_file())
     return (_gallery(found, "charts") if found else "") + missing

@@ -74,10 +74,21 @@ class RunLog:
             self.run_dir / "curves_lr.png",
             "learning rate",
         )
+        if evals and "iou" in evals[-1]:
+            steps = [r["step"] for r in evals]
+            per_class = {
+                n: [_nan(r.get("iou", {}).get(n)) for r in evals] for n in evals[-1]["iou"]
+            }
+            viz.plot_class_curves(steps, per_class, self.run_dir / "curves_class_iou.png")
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _nan(value: float | None) -> float:
+    """A logged score as a number to plot (absent scores are written as null)."""
+    return math.nan if value is None else value
 
 
 def strict_json(value: Any) -> Any:

@@ -52,6 +52,7 @@ from unetseg.data.statistics import rare_class_weights, stats_of_masks
 from unetseg.data.transforms import prepare_batch
 from unetseg.engine import viz
 from unetseg.engine.calibration import Calibration, calibrate, calibrate_file
+from unetseg.engine.domain import DomainProfile, profile_of
 from unetseg.engine.evaluate import (
     Scored,
     comparison_rows,
@@ -150,6 +151,7 @@ class Trainer:
             t.base_lr, t.min_lr, t.warmup_steps, t.training_iterations, t.decay, t.decay_factor
         )
         self.step, self.best_miou, self.nonfinite_total = 0, -1.0, 0
+        self.domain: DomainProfile | None = None  # the training data's, once training ends
         self.elapsed_s = 0.0  # wall-clock seconds of the training loop, across resumes
         self.last_checkpoint: Path | None = None
         if resume:
@@ -317,6 +319,7 @@ class Trainer:
             "nonfinite_total": self.nonfinite_total,
             "config": self.config.to_dict(),
             "class_set": self.class_set.to_dict(),
+            **({"domain": self.domain.to_dict()} if self.domain is not None else {}),
         }
 
     def save(self, path: Path | None = None) -> Path:
@@ -431,7 +434,7 @@ class Trainer:
         width, height = self.config.data.size
         pixels = len(self.data["val"]) * width * height
         if checkpoint is not None:
-            return calibrate_file(checkpoint, loader, self.rt, pixels)
+            return calibrate_file(checkpoint, loader, self.rt, pixels, self.domain)
         # Unwrapped: a DDP forward in one process alone would wait for the others' buffers.
         return calibrate(ckpt.unwrap(self.eval_model), loader, self.rt, pixels)
 
@@ -675,6 +678,7 @@ def _finish(trainer: Trainer, log: RunLog) -> TrainResult:
     if trainer.rt.is_main:
         calibration = _calibrate_outputs(trainer, final)
         metrics["calibration"] = calibration.to_dict()
+        ckpt.unwrap(trainer.eval_model).domain = trainer.domain.to_dict()
         ckpt.export_safetensors(
             trainer.eval_model, trainer.config, trainer.class_set, run_dir / "model.safetensors"
         )
@@ -689,9 +693,12 @@ def _finish(trainer: Trainer, log: RunLog) -> TrainResult:
 
 def _calibrate_outputs(trainer: Trainer, final: Path) -> Calibration:
     """The temperature of final.pt's weights (then of the exported ones), and of best.pt's when
-    those are from an earlier step, each fitted on val and stored in its file."""
+    those are from an earlier step, each fitted on val and stored in its file with the domain
+    profile of the training data (and each one's confidence on val)."""
     calibration = trainer.calibrate()
     print(f"calibration: {calibration.line()}", file=sys.stderr)
+    train = trainer.data["train"]
+    trainer.domain = profile_of(train, trainer.class_set, calibration.image_confidence)
     trainer.save(final)
     best = trainer.run_dir / "best.pt"
     if best.is_file() and ckpt.load_checkpoint(best)["step"] != trainer.step:
@@ -716,7 +723,8 @@ def _write_final_evaluation(
     pairs = [val[i * step] for i in order]
     rows = comparison_rows(ckpt.unwrap(trainer.eval_model), pairs, trainer.rt)
     worst_scores = [image_mious[i] for i in order]
-    scored = Scored(result["scores"], result["matrix"], rows, worst_scores, calibration)
+    sources = [val.sources[i * step] for i in order]
+    scored = Scored(result["scores"], result["matrix"], rows, worst_scores, sources, calibration)
     write_evaluation(trainer.run_dir / "evaluation", metrics, scored, trainer.class_set, "val")
 
 

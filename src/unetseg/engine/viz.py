@@ -106,6 +106,24 @@ def plot_curves(
     _save_figure(figure, path)
 
 
+def plot_class_curves(
+    steps: Sequence[int], per_class: dict[str, Sequence[float]], path: Path
+) -> None:
+    """One IoU line per class over the steps, on 0..1, with the legend beside the chart (a
+    class that never comes alive, or one that falls while the mean rises, shows here)."""
+    figure, axis = plt.subplots(figsize=(7.5, 3.6))
+    colours = plt.get_cmap("tab20").colors
+    for i, (name, values) in enumerate(per_class.items()):
+        style = "-" if i < len(colours) else "--"
+        axis.plot(steps, values, style, color=colours[i % len(colours)], label=name, lw=1.2)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("val IoU")
+    axis.set_ylim(0.0, 1.0)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
+    _save_figure(figure, path)
+
+
 def plot_class_bars(
     names: Sequence[str], values: Sequence[float], path: Path, xlabel: str, title: str = ""
 ) -> None:
