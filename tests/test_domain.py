@@ -134,6 +134,8 @@ def test_each_rule_names_what_differs() -> None:
         "mean confidence 0.60 against 0.85 on val (lower than every val image)",
     ]
     assert found.scores["mean_confidence"] == pytest.approx(0.6)
+    barely_below = check(profile, inside, mask, np.full((48, 64), 0.795), cityscapes19())
+    assert not any("confidence" in w for w in barely_below.warnings)  # within the margin
     dark = (images[0] // 4)[:, :, :]
     road = np.zeros(dark.shape[:2], np.uint8)  # all road: 100% against 1%
     found = check(profile, dark, road, None, cityscapes19())
@@ -163,22 +165,23 @@ def test_training_ends_with_a_profile_in_every_form_of_the_model(trained: TrainR
 def test_predict_warns_about_an_input_unlike_the_training_data(
     trained: TrainResult, synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    scene = next((synthetic_root / "leftImg8bit" / "train").rglob("*.png"))
+    scene = sorted((synthetic_root / "leftImg8bit" / "train").rglob("*.png"))[0]
     image = np.asarray(Image.open(scene).convert("RGB"))
     (tmp_path / "in").mkdir()
     Image.fromarray(image).save(tmp_path / "in" / "scene.png")
     Image.fromarray(image // 5).save(tmp_path / "in" / "night.png")
     predictor = Predictor.from_checkpoint(trained.run_dir, "cpu")
     report = predict_paths([tmp_path / "in"], tmp_path / "out", predictor, progress=False)
-    assert report.checked and report.warned == [tmp_path / "in" / "night.png"]
+    assert report.checked and tmp_path / "in" / "night.png" in report.warned
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert len(lines) == 1 and "night.png: darker than any training image" in lines[0]
+    assert any("night.png: darker than any training image" in line for line in lines)
     entries = json.loads((tmp_path / "out" / "predictions.json").read_text())["inputs"]
     by_name = {Path(e["source"]).name: e for e in entries}
-    assert (
-        by_name["night.png"]["domain"]["outside"] and not by_name["scene.png"]["domain"]["outside"]
-    )
+    assert by_name["night.png"]["domain"]["outside"]
+    # A training scene looks like the training data (a 6-step model's confidence and classes
+    # are noise, so only its appearance is asserted).
     assert by_name["scene.png"]["domain"]["appearance_distance"] < 1
+    assert not any("training image" in w for w in by_name["scene.png"]["domain"]["warnings"])
     assert 0 < by_name["scene.png"]["domain"]["mean_confidence"] <= 1
     quiet = predict_paths(
         [tmp_path / "in"], tmp_path / "off", predictor, progress=False, domain_check=False

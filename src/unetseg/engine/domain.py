@@ -43,6 +43,9 @@ MAX_IMAGES = 2000  # training images a profile keeps (an even spread of a larger
 ASPECT_TOLERANCE = 1.15  # an aspect ratio within 15% of a training one is not "another"
 SMALLER = 0.5  # inputs with both sides under half the smallest training image's are "smaller"
 CLASS_SHARE = (0.3, 10.0)  # a class over 30% of an input and 10x its training share
+# Below every val image's mean confidence by this much: a model that is unsure everywhere (barely
+# trained) would otherwise warn on noise in the third decimal.
+CONFIDENCE_MARGIN = 0.01
 PROFILE_VERSION = 1
 
 
@@ -241,7 +244,7 @@ def _size(profile: DomainProfile, width: int, height: int) -> str | None:
 
 
 def _confidence(profile: DomainProfile, mean: float) -> str | None:
-    if not profile.val_confidence or mean >= min(profile.val_confidence):
+    if not profile.val_confidence or mean >= min(profile.val_confidence) - CONFIDENCE_MARGIN:
         return None
     typical = float(np.median(profile.val_confidence))
     return f"mean confidence {mean:.2f} against {typical:.2f} on val (lower than every val image)"
