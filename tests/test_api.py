@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import unetseg
 from unetseg.core.checkpoint import CheckpointError, export_safetensors, model_from_checkpoint
 from unetseg.core.classes import camvid11
 from unetseg.engine.inference import Predictor, segment
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +115,42 @@ def test_train_and_evaluate_take_a_yaml_file_and_overrides(
     assert saved["model"]["width"] == 4 and saved["train"]["seed"] == 3  # the override wins
     scores = unetseg.evaluate(run.final_checkpoint, out=tmp_path / "evaluation", progress=False)
     assert scores["metrics"]["miou"] == pytest.approx(run.metrics["miou"], abs=1e-6)
+
+
+def test_the_readme_confidence_picture_has_a_row_per_input(
+    run_folder: Path, tmp_path: Path
+) -> None:
+    """``scripts/confidence_picture.py``: image | overlay | confidence, captioned, per input."""
+    spec = importlib.util.spec_from_file_location(
+        "confidence_picture", SCRIPTS / "confidence_picture.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    inputs = [tmp_path / "a.png", tmp_path / "b.png"]
+    for seed, path in enumerate(inputs):
+        Image.fromarray(random_image(64, 96, seed)).save(path)
+    out = script.main(
+        [
+            "--checkpoint",
+            str(run_folder / "final.pt"),
+            "--input",
+            *map(str, inputs),
+            "--out",
+            str(tmp_path / "p.png"),
+        ]
+    )
+    picture = np.asarray(Image.open(out).convert("RGB"))
+    tile = round(script.TILE_WIDTH * 64 / 96)
+    caption = 4 + 12  # one line: "a: no warning: like the training data"
+    assert picture.shape == (2 * (tile + caption), 3 * script.TILE_WIDTH, 3)
+    first = np.asarray(Image.open(inputs[0]).resize((script.TILE_WIDTH, tile)))
+    assert np.abs(picture[:tile, : script.TILE_WIDTH].astype(int) - first).max() <= 1
+    model = unetseg.load(run_folder / "final.pt", device="cpu")
+    confidence = model.predict(str(inputs[1])).confidence
+    grey = np.asarray(
+        Image.fromarray((confidence * 255).round().astype(np.uint8)).resize(
+            (script.TILE_WIDTH, tile)
+        )
+    )
+    second = picture[tile + caption : 2 * tile + caption, 2 * script.TILE_WIDTH :, 0]
+    assert np.abs(second.astype(int) - grey).max() <= 1

@@ -82,6 +82,18 @@ def test_full_resolution_scores_match_a_hand_count(constant_setup, tmp_path, tta
     assert metrics["miou"] == pytest.approx(miou)
     assert (metrics["tta"], metrics["scales"]) == (tta, list(scales))
     assert (tmp_path / "out" / "metrics.json").is_file()
+    # Every pixel gets softmax(5, 0, ..., 0)'s top probability: one bin, whose accuracy is
+    # CONSTANT's share of the labelled pixels (its IoU, as nothing else is predicted).
+    confidence = math.exp(5) / (math.exp(5) + 10)
+    calibration = metrics["calibration"]
+    assert calibration["ece_after"] == pytest.approx(abs(iou - confidence), abs=1e-5)
+    assert calibration["ece_before"] is None and calibration["temperature"] == 1.0
+    assert calibration["pixels"] == labelled_pixels(root)
+    assert (tmp_path / "out" / "reliability.png").is_file()
+
+
+def labelled_pixels(root: Path) -> int:
+    return sum(int((np.asarray(Image.open(p)) != 11).sum()) for p in (root / "valannot").glob("*"))
 
 
 def test_overrides_choose_the_scored_split(constant_setup, tmp_path):

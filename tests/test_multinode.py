@@ -1,9 +1,11 @@
 """Several machines through torchrun's own rendezvous, tried on this one: two agents on
-127.0.0.1, one training process each, as two nodes would run them."""
+127.0.0.1, one training process each, as two nodes would run them; and torchrun restarting the
+workers of a failed job by itself (``--max-restarts``)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -122,3 +124,31 @@ def test_a_node_that_dies_ends_the_other_with_a_clear_line(synthetic_root, tmp_p
     resumed = load_config(None, [*overrides, f"train.training_iterations={target}"])
     result = train(resumed, run, resume=True, progress=False)
     assert load_checkpoint(result.final_checkpoint)["step"] == target
+
+
+def test_an_elastic_restart_continues_from_the_last_checkpoint_by_itself(synthetic_root, tmp_path):
+    """torchrun --max-restarts=1 with two workers, rank 1 killed (kill -9) as it starts step 4:
+    the restarted pair resumes from the step-2 checkpoint on its own (rank 0 wrote it before the
+    collectives of step 3, which rank 1 passed) and ends with the weights of one uninterrupted
+    process with the global batch."""
+    common = equivalence_overrides(
+        synthetic_root,
+        tmp_path / "cache",
+        **{"train.training_iterations": 6, "train.save_model_interval": 2, "train.log_interval": 1},
+    )
+    train(load_config(None, [*common, "train.batch_size=4"]), tmp_path / "single", progress=False)
+    run = tmp_path / "elastic"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "--max-restarts=1", "--monitor-interval=0.1", str(Path(__file__).with_name("crash_once.py")),
+        "train", "--out", str(run), *common, "train.batch_size=2",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, env={**ENV, "CRASH_AT_STEP": "3"}, capture_output=True, text=True, timeout=300
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "step_0000002.pt at step 2" in log, log[-4000:]  # the restart resumed, not restarted
+    assert_same_weights(tmp_path / "single", run)
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))  # each step logged once, the lost ones again

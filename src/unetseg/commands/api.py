@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from unetseg.commands.predict import output_endings, write_legend, write_outputs
+from unetseg.commands.outputs import output_endings, write_legend, write_outputs
 from unetseg.core.classes import ClassSet
 from unetseg.core.config import Config, check_scales, load_config, with_overrides
 from unetseg.engine import viz

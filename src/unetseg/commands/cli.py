@@ -238,6 +238,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         ids_only=args.ids_only,
         confidence=args.confidence,
         domain_check=args.domain_check,
+        frames=args.frames,
     )
     print(f"wrote {len(report.written)} prediction set(s) to {args.output}")
     if report.checked:
@@ -516,8 +517,8 @@ def _add_predict(command: Command) -> None:
     predict = command(
         "predict",
         cmd_predict,
-        "segment images of any size; writes colour masks, "
-        "overlays and label-id PNGs at the original resolution",
+        "segment images of any size and video clips; writes colour masks, "
+        "overlays and label-id PNGs at the original resolution (clips: colour and overlay videos)",
     )
     predict.add_argument(
         "--checkpoint", type=Path, help=f"{CHECKPOINT_HELP}; or an .onnx from `unetseg export`"
@@ -530,7 +531,8 @@ def _add_predict(command: Command) -> None:
         type=Path,
         nargs="+",
         required=True,
-        help="image files and/or folders (searched recursively)",
+        help="image files and/or folders (searched recursively for images), and video clips "
+        "(.mp4, .mov, .mkv, .avi, .webm; needs unetseg[video])",
     )
     predict.add_argument(
         "--out", "--output", dest="output", type=Path, required=True, help="folder for the outputs"
@@ -547,7 +549,13 @@ def _add_predict(command: Command) -> None:
     predict.add_argument(
         "--confidence",
         action="store_true",
-        help="also X_confidence.png: each pixel's calibrated confidence as 0-255 grey",
+        help="also X_confidence.png: each pixel's calibrated confidence as 0-255 grey "
+        "(clips: X_confidence.mp4)",
+    )
+    predict.add_argument(
+        "--frames",
+        action="store_true",
+        help="clips: also each frame's id mask, as X_frames/NNNNNN_classIds.png",
     )
     predict.add_argument(
         "--sliding-window",

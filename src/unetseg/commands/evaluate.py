@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from unetseg.core.checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
-from unetseg.core.classes import ClassSet, cityscapes_categories
+from unetseg.core.classes import IGNORE_INDEX, ClassSet, cityscapes_categories
 from unetseg.core.config import Config, check_test_time_augmentation, with_overrides
 from unetseg.core.files import write_json
 from unetseg.core.metrics import ConfusionMatrix, grouped_matrix, scores_from_matrix
@@ -23,7 +23,7 @@ from unetseg.core.runtime import Runtime, local_runtime
 from unetseg.data.io import DataError, read_pair
 from unetseg.data.prepare import prepare_data
 from unetseg.data.sources import find_samples, no_samples
-from unetseg.engine.calibration import Calibration, calibrate, store_calibration
+from unetseg.engine.calibration import Calibration, Reliability, calibrate, store_calibration
 from unetseg.engine.domain import DomainProfile, profile_of
 from unetseg.engine.evaluate import (
     Scored,
@@ -34,7 +34,7 @@ from unetseg.engine.evaluate import (
     worst_first,
     write_evaluation,
 )
-from unetseg.engine.inference import Predictor, predict_image
+from unetseg.engine.inference import Predictor, predict_image, segment
 from unetseg.engine.report import write_report
 
 
@@ -65,7 +65,10 @@ def evaluate_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     if full_res:
         predictor = Predictor.from_model(model, config, class_set, runtime)
-        scored = _score_full_resolution(predictor, config, split, tta, scales, worst, progress)
+        temperature = float(model.temperature)
+        scored = _score_full_resolution(
+            predictor, temperature, config, split, tta, scales, worst, progress
+        )
     else:
         scored = _score_cached(model, config, class_set, runtime, split, worst, progress)
     metrics = scored.scores.to_dict(class_set.names)
@@ -157,6 +160,7 @@ def _load(
 
 def _score_full_resolution(
     predictor: Predictor,
+    temperature: float,
     config: Config,
     split: str,
     tta: bool,
@@ -164,7 +168,8 @@ def _score_full_resolution(
     worst: int,
     progress: bool,
 ) -> Scored:
-    """Each image of ``split`` predicted at its own resolution, through the predict path."""
+    """Each image of ``split`` predicted at its own resolution, through the predict path, and
+    the calibration of the confidence that path gives (temperature, TTA and scales included)."""
     class_set = predictor.class_set
 
     def predict(rgb: np.ndarray) -> torch.Tensor:
@@ -174,10 +179,16 @@ def _score_full_resolution(
     if not samples:
         raise DataError(no_samples(config.data, split))
     confusion = ConfusionMatrix(class_set.num_classes)
+    reliability = Reliability.empty()
     image_mious = []
     for sample in tqdm(samples, desc=f"evaluate {split} (full res)", disable=not progress):
         rgb, _, train_ids = read_pair(sample, class_set)
-        prediction, truth = predict(rgb), torch.from_numpy(train_ids).long()
+        found = segment(predictor, rgb, tta, scales=scales, confidence=True)
+        prediction, truth = torch.from_numpy(found.mask).long(), torch.from_numpy(train_ids).long()
+        labelled = train_ids != IGNORE_INDEX
+        reliability.add_confidence(
+            found.confidence[labelled], found.mask[labelled] == train_ids[labelled]
+        )
         confusion.update(prediction, truth)
         matrix = per_image_matrices(prediction[None], truth[None], class_set.num_classes)[0]
         image_mious.append(image_miou(matrix.numpy()))
@@ -188,7 +199,8 @@ def _score_full_resolution(
         rows.append((rgb, train_ids, predict(rgb).numpy().astype(np.uint8)))
     scores = confusion.compute()
     worst_scores, sources = [image_mious[i] for i in order], [str(samples[i].image) for i in order]
-    return Scored(scores, confusion.matrix.numpy(), rows, worst_scores, sources)
+    calibration = Calibration(temperature, None, reliability)
+    return Scored(scores, confusion.matrix.numpy(), rows, worst_scores, sources, calibration)
 
 
 def _score_cached(

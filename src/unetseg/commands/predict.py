@@ -1,4 +1,5 @@
-"""``unetseg predict``: colour masks, overlays and id masks for image files and folders.
+"""``unetseg predict``: colour masks, overlays and id masks for image files and folders, and
+colour and overlay videos for clips (``commands/video.py``).
 
 Images are decoded and outputs written in background threads; images of one inference size are
 predicted as one batch (``engine.inference`` does the maths).
@@ -18,27 +19,34 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from unetseg.commands.outputs import (
+    FOLDER_FILES,
+    clip_endings,
+    ids_ending,
+    output_endings,
+    write_legend,
+    write_outputs,
+)
+from unetseg.commands.video import ClipSettings, predict_clip
 from unetseg.core.classes import ClassSet
 from unetseg.core.config import check_scales
 from unetseg.core.files import write_json
 from unetseg.core.runtime import sigterm_as_interrupt
 from unetseg.data.io import IMAGE_EXTENSIONS, DataError, list_images, read_rgb
-from unetseg.engine import viz
+from unetseg.data.video import is_video
 from unetseg.engine.domain import DomainCheck, DomainProfile, check
 from unetseg.engine.inference import Prediction, Predictor, inference_size, predict_batch, segment
 
-OVERLAY_QUALITY = 90
 # Decoded images waiting or being written, in pixels: a few large photos, or many small ones,
 # never many large ones at once (memory stays bounded whatever their number).
 PIXELS_IN_FLIGHT = 32_000_000
-# Written once per output folder: the class table, the legend, and what each input gave.
-FOLDER_FILES = ("classes.json", "legend.png", "predictions.json")
 
 
 @dataclass
 class PredictReport:
-    """What a ``predict_paths`` run did: the first output file per written image (the colour
-    mask, or the id mask alone), the failures, and the inputs the domain check warned about."""
+    """What a ``predict_paths`` run did: the first output file per written image or clip (the
+    colour mask, or the id mask alone), the failures, and the inputs the domain check warned
+    about."""
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (input, reason naming it)
@@ -51,21 +59,11 @@ class _Job:
     index: int
     source: Path
     stem: Path  # the output path without the "_color.png" etc. ending
+    endings: tuple[str, ...]
 
-    def targets(self, endings: Sequence[str]) -> list[Path]:
-        """This image's output paths, one per ending."""
-        return [self.stem.with_name(f"{self.stem.name}_{ending}") for ending in endings]
-
-
-def output_endings(
-    class_set: ClassSet, ids_only: bool = False, confidence: bool = False
-) -> tuple[str, ...]:
-    """The files written per image: colour mask, overlay and id mask, or the id mask alone (the
-    folder the official Cityscapes evaluation and test server take); with ``confidence`` also
-    the confidence map. Cityscapes tables write label ids, others their class ids."""
-    ids = "labelIds.png" if class_set.label_ids is not None else "classIds.png"
-    endings = (ids,) if ids_only else ("color.png", "overlay.jpg", ids)
-    return endings + ("confidence.png",) if confidence else endings
+    def targets(self) -> list[Path]:
+        """This input's output paths, one per ending."""
+        return [self.stem.with_name(f"{self.stem.name}_{ending}") for ending in self.endings]
 
 
 def predict_paths(
@@ -80,6 +78,7 @@ def predict_paths(
     ids_only: bool = False,
     confidence: bool = False,
     domain_check: bool = True,
+    frames: bool = False,
 ) -> PredictReport:
     """Write colour, overlay and id masks (``ids_only``: id masks alone) for every image in
     ``inputs`` (files and folders), ``classes.json`` + ``legend.png`` for reading them, and
@@ -87,6 +86,11 @@ def predict_paths(
     ``X_confidence.png``: each pixel's confidence (the maximum of the calibrated softmax) as
     0-255 grey. With ``domain_check``, each input that lies far outside the model's training
     data (``engine/domain.py``) gets a "warning:" line naming how.
+
+    Video files (``data.video.VIDEO_EXTENSIONS``) get ``X_color.mp4`` and ``X_overlay.mp4``
+    (``confidence``: also ``X_confidence.mp4``), with ``frames`` (or ``ids_only``) a folder
+    ``X_frames`` of per-frame id masks, and each frame's confidence and domain check in
+    ``predictions.json``. On Ctrl-C, what was done is kept and listed there.
 
     Outputs keep an input folder's sub-folders below ``output`` and the original image size.
     Unreadable images, and images whose outputs would replace an input file, are reported in
@@ -99,17 +103,20 @@ def predict_paths(
     profile = predictor.domain if domain_check else None
     report = PredictReport(checked=profile is not None)
     endings = output_endings(predictor.class_set, ids_only, confidence)
+    endings_of_clips = clip_endings(ids_only, confidence, frames)
     confidence = confidence or profile is not None  # the check compares mean confidence
-    jobs = _plan(inputs, output, endings, report)
+    jobs = _plan(inputs, output, endings, endings_of_clips, report)
+    clips = [job for job in jobs if is_video(job.source)]
     workers = min(4, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="predict-io")
-    bar = tqdm(total=len(jobs) + len(report.failed), disable=not progress, unit="image")
+    bar = tqdm(total=len(jobs) + len(report.failed), disable=not progress, unit="input")
     bar.update(len(report.failed))
-    writer = _Writer(pool, predictor.class_set, endings, profile, report, bar, 2 * workers)
+    writer = _Writer(pool, predictor.class_set, profile, report, bar, 2 * workers)
     batcher = _Batcher(predictor, batch_size, tta, scales, confidence, writer)
     with sigterm_as_interrupt():  # SIGTERM: the same clean stop as Ctrl-C
         try:
-            for job, image in _read_ahead(pool, jobs, 2 * batch_size, writer):
+            images = [job for job in jobs if job not in clips]
+            for job, image in _read_ahead(pool, images, 2 * batch_size, writer):
                 if sliding_window:
                     found = segment(predictor, image, tta, True, batch_size, confidence=confidence)
                     writer.submit(job, image, found)
@@ -117,34 +124,37 @@ def predict_paths(
                     batcher.add(job, image)
             batcher.flush()
             writer.drain()
+            settings = ClipSettings(batch_size, tta, tuple(scales), sliding_window, confidence)
+            for job in clips:
+                writer.clip(job, predictor, settings, progress)
         finally:
-            # On Ctrl-C: drop queued work; running writes finish (and are atomic anyway).
+            # On Ctrl-C: drop queued work; running writes finish (and are atomic anyway), and
+            # what was finished is listed.
             pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
-    report.written = [path for _, path in sorted(writer.written)]
-    report.warned = [source for _, source in sorted(writer.warned)]
-    if report.written:
-        write_legend(output, predictor.class_set)
-        entries = [entry for _, entry in sorted(writer.entries)]
-        write_json(output / FOLDER_FILES[2], {"domain_check": report.checked, "inputs": entries})
+            _finish(report, writer, output, predictor.class_set)
     return report
 
 
-def write_legend(output: Path, class_set: ClassSet) -> None:
-    """What the masks mean: each id with its class name and colour, as JSON and as a picture."""
-    ids = class_set.label_ids or range(class_set.num_classes)
-    table = [
-        {"id": int(i), "name": name, "color": list(color)}
-        for i, name, color in zip(ids, class_set.names, class_set.colors)
-    ]
-    write_json(output / FOLDER_FILES[0], {"class_set": class_set.name, "classes": table})
-    viz.save_image(viz.legend_strip(class_set, 800), output / FOLDER_FILES[1])
+def _finish(report: PredictReport, writer: _Writer, output: Path, class_set: ClassSet) -> None:
+    """The report's lists, and the folder's legend and ``predictions.json``."""
+    report.written = [path for _, path in sorted(writer.written)]
+    report.warned = [source for _, source in sorted(writer.warned)]
+    if report.written:
+        write_legend(output, class_set)
+        entries = [entry for _, entry in sorted(writer.entries, key=lambda e: e[0])]
+        write_json(output / FOLDER_FILES[2], {"domain_check": report.checked, "inputs": entries})
 
 
 def _plan(
-    inputs: Sequence[Path], output: Path, endings: Sequence[str], report: PredictReport
+    inputs: Sequence[Path],
+    output: Path,
+    endings: tuple[str, ...],
+    endings_of_clips: tuple[str, ...],
+    report: PredictReport,
 ) -> list[_Job]:
-    """One job per distinct image; images whose outputs would collide or replace an input fail."""
+    """One job per distinct image or clip (clips only given as files); inputs whose outputs
+    would collide or replace an input fail."""
     sources: list[tuple[Path, Path]] = []  # (file, output stem relative to ``output``)
     for item in inputs:
         if item.is_dir():
@@ -167,8 +177,9 @@ def _plan(
         if source.resolve() in seen:
             continue  # the same file given twice (e.g. a folder and a file in it)
         seen.add(source.resolve())
-        job = _Job(len(jobs), source, output / relative)
-        problem = _output_problem(job, endings, protected, claimed)
+        kind = endings_of_clips if is_video(source) else endings
+        job = _Job(len(jobs), source, output / relative, kind)
+        problem = _output_problem(job, protected, claimed)
         if problem:
             _fail(report, source, problem)
         else:
@@ -186,10 +197,10 @@ def _is_output_inside(file: Path, folder: Path, output: Path) -> bool:
 
 
 def _output_problem(
-    job: _Job, endings: Sequence[str], protected: dict[Path, Path], claimed: dict[Path, Path]
+    job: _Job, protected: dict[Path, Path], claimed: dict[Path, Path]
 ) -> str | None:
     """Why ``job`` may not write its outputs (None: it may, and they are claimed for it)."""
-    targets = job.targets(endings)
+    targets = job.targets()
     for target in targets:
         resolved = target.resolve()
         if resolved in protected:
@@ -276,13 +287,13 @@ class _Batcher:
 
 
 class _Writer:
-    """Writes each image's outputs in the pool, with at most ``depth`` images in flight."""
+    """Writes each image's outputs in the pool, with at most ``depth`` images in flight, and
+    each clip's (streamed, in this thread)."""
 
     def __init__(
         self,
         pool: ThreadPoolExecutor,
         class_set: ClassSet,
-        endings: Sequence[str],
         profile: DomainProfile | None,
         report: PredictReport,
         bar: tqdm,
@@ -290,7 +301,6 @@ class _Writer:
     ) -> None:
         self.pool = pool
         self.class_set = class_set
-        self.endings = endings
         self.profile = profile
         self.report = report
         self.bar = bar
@@ -329,47 +339,37 @@ class _Writer:
         except (OSError, ValueError) as error:
             self.fail(job, f"{job.source}: cannot write outputs: {error}")
             return
-        targets = job.targets(self.endings)
-        self.written.append((job.index, targets[0]))
-        entry = {"source": str(job.source), "outputs": [str(t) for t in targets]}
-        self.entries.append((job.index, {**entry, "domain": found and found.to_dict()}))
-        if found is not None and found.outside:
+        entry = {"source": str(job.source), "outputs": [str(t) for t in job.targets()]}
+        entry["domain"] = found and found.to_dict()
+        self._record(job, entry, "; ".join(found.warnings) if found and found.outside else None)
+
+    def clip(self, job: _Job, predictor: Predictor, settings: ClipSettings, progress: bool) -> None:
+        """Predict and write one clip (KeyboardInterrupt once what was done is recorded)."""
+        targets = dict(zip(job.endings, job.targets()))
+        ids_name = ids_ending(self.class_set)
+        try:
+            found = predict_clip(
+                job.source, targets, predictor, settings, self.profile, ids_name, progress
+            )
+        except (DataError, OSError) as error:
+            self.fail(job, str(error) if isinstance(error, DataError) else f"{job.source}: {error}")
+            return
+        self._record(job, found.entry, found.warning)
+        if found.stopped:
+            raise KeyboardInterrupt
+
+    def _record(self, job: _Job, entry: dict[str, Any], warning: str | None) -> None:
+        self.written.append((job.index, job.targets()[0]))
+        self.entries.append((job.index, entry))
+        if warning:
             self.warned.append((job.index, job.source))
-            tqdm.write(f"warning: {job.source}: {'; '.join(found.warnings)}", file=sys.stderr)
+            tqdm.write(f"warning: {job.source}: {warning}", file=sys.stderr)
         self.bar.update()
 
     def _write_and_check(
         self, job: _Job, image: np.ndarray, prediction: Prediction
     ) -> DomainCheck | None:
-        write_outputs(job.targets(self.endings), image, prediction, self.class_set)
+        write_outputs(job.targets(), image, prediction, self.class_set)
         if self.profile is None:
             return None
         return check(self.profile, image, prediction.mask, prediction.confidence, self.class_set)
-
-
-def write_outputs(
-    targets: Sequence[Path], image: np.ndarray, prediction: Prediction, class_set: ClassSet
-) -> None:
-    """One image's output files, each kind chosen by its path's ending (see ``output_endings``):
-    colour mask, overlay, confidence map, or the id mask."""
-    mask = prediction.mask
-    for path in targets:
-        if path.name.endswith("_confidence.png"):
-            if prediction.confidence is None:
-                raise ValueError(f"{path}: this prediction was made without its confidence")
-            viz.save_image((prediction.confidence * 255).round().astype(np.uint8), path)
-        elif path.name.endswith("_color.png"):
-            viz.save_image(viz.colorize(mask, class_set), path)
-        elif path.name.endswith("_overlay.jpg"):
-            overlay = viz.overlay(image, mask, class_set)
-            viz.save_image(overlay, path, quality=OVERLAY_QUALITY)
-        else:
-            viz.save_image(written_ids(class_set)[mask], path)
-
-
-def written_ids(class_set: ClassSet) -> np.ndarray:
-    """Train id -> the id an id mask holds (Cityscapes label id, else the train id), as a
-    256-entry lookup table."""
-    table = np.zeros(256, dtype=np.uint8)
-    table[: class_set.num_classes] = class_set.label_ids or range(class_set.num_classes)
-    return table

@@ -51,13 +51,16 @@ class Reliability:
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Count (P, C) logits against (P,) labels (no ignored pixels among them)."""
         confidence, predicted = logits.float().softmax(-1).max(-1)
+        self.add_confidence(confidence.cpu().numpy(), (predicted == labels).cpu().numpy())
+
+    def add_confidence(self, confidence: np.ndarray, correct: np.ndarray) -> None:
+        """Count pixels' confidences in [0, 1] against whether each was predicted right."""
         bins = len(self.count)
-        index = (confidence * bins).long().clamp(max=bins - 1).cpu().numpy()
-        correct = (predicted == labels).cpu().numpy()
-        # Summed in float64 on the CPU: a million pixels' confidences, and MPS has no float64.
+        index = np.clip((confidence * bins).astype(np.int64), 0, bins - 1).ravel()
+        # Summed in float64: a million pixels' confidences.
         self.count += np.bincount(index, minlength=bins)
-        self.confidence += np.bincount(index, confidence.cpu().numpy(), minlength=bins)
-        self.correct += np.bincount(index, correct, minlength=bins)
+        self.confidence += np.bincount(index, confidence.ravel().astype(np.float64), minlength=bins)
+        self.correct += np.bincount(index, correct.ravel().astype(np.float64), minlength=bins)
 
     def ece(self) -> float:
         """Expected calibration error: sum over bins of |accuracy - confidence| x pixel share."""
@@ -124,36 +127,41 @@ def sample_pixels(
 
 @dataclasses.dataclass
 class Calibration:
-    """A fitted temperature, and the reliability of the sampled pixels before and after it."""
+    """A fitted temperature, and the reliability of the sampled pixels before and after it
+    (``before`` None: measured with the temperature only, as ``predict`` reports confidence)."""
 
     temperature: float
-    before: Reliability
+    before: Reliability | None
     after: Reliability
     image_confidence: list[float] = dataclasses.field(default_factory=list)  # per val image
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "temperature": self.temperature,
-            "ece_before": self.before.ece(),
+            "ece_before": None if self.before is None else self.before.ece(),
             "ece_after": self.after.ece(),
-            "pixels": int(self.before.count.sum()),
-            "before": self.before.to_dict(),
+            "pixels": int(self.after.count.sum()),
+            "before": None if self.before is None else self.before.to_dict(),
             "after": self.after.to_dict(),
         }
 
     def line(self) -> str:
-        pixels = int(self.before.count.sum())
+        pixels = int(self.after.count.sum())
+        if self.before is None:
+            return (
+                f"temperature {self.temperature:.3f}: expected calibration error "
+                f"{self.after.ece():.4f} of the confidence predict writes ({pixels} pixels)"
+            )
         return (
             f"temperature {self.temperature:.3f}: expected calibration error "
             f"{self.before.ece():.4f} -> {self.after.ece():.4f} ({pixels} pixels)"
         )
 
     def plot(self, path: Path, title: str) -> None:
-        """The reliability diagram, without the temperature and with it."""
-        curves = {
-            "T = 1": (self.before.accuracy(), self.before.ece()),
-            f"T = {self.temperature:.2f}": (self.after.accuracy(), self.after.ece()),
-        }
+        """The reliability diagram, without the temperature (where measured) and with it."""
+        curves = {f"T = {self.temperature:.2f}": (self.after.accuracy(), self.after.ece())}
+        if self.before is not None:
+            curves = {"T = 1": (self.before.accuracy(), self.before.ece()), **curves}
         viz.plot_reliability(curves, path, title)
 
 

@@ -266,6 +266,7 @@ def predict_batch(
         if size != base:
             part = F.interpolate(part, size=base[::-1], mode="bilinear", align_corners=False)
         scores = part if scores is None else scores + part
+    scores = scores / len(scales)  # the mean softmax: a probability, for the confidence
     return [_upsample(s, i.shape[0], i.shape[1], confidence) for s, i in zip(scores, images)]
 
 

@@ -398,10 +398,11 @@ def _calibration(evaluation: Path | None) -> str:
     diagram = evaluation / "reliability.png" if evaluation else None
     if not isinstance(calibration, dict) or diagram is None or not diagram.is_file():
         return _missing("reliability diagram (run unetseg calibrate, then unetseg evaluate)")
+    without = calibration.get("ece_before")
     note = (
         f"temperature {fmt_score(calibration.get('temperature'))}; expected calibration error "
-        f"{fmt_score(calibration.get('ece_before'))} without it, "
-        f"{fmt_score(calibration.get('ece_after'))} with it ({evaluation.name}/)"
+        + (f"{fmt_score(without)} without it, " if without is not None else "")
+        + f"{fmt_score(calibration.get('ece_after'))} with it ({evaluation.name}/)"
     )
     return f'<p class="muted">{_esc(note)}</p>' + _gallery([diagram])
 
