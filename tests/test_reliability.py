@@ -1327,7 +1327,9 @@ def test_links_in_an_input_folder_are_named_or_followed_once(
     (tmp_path / "empty").mkdir()
     code, _, err = cli([*args, tmp_path / "out2", "--input", tmp_path / "empty"], capsys)
     assert code == 1
-    assert error_line(err).startswith(f"error: {tmp_path / 'empty'}: no images in this folder")
+    assert error_line(err).startswith(
+        f"error: {tmp_path / 'empty'}: no images or clips in this folder"
+    )
 
 
 def test_an_empty_split_is_a_problem_not_a_pass(

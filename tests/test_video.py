@@ -127,7 +127,8 @@ def test_frames_stream_through_in_batches(
 
     monkeypatch.setattr(video, "open_clip", counting_open)
     monkeypatch.setattr(video, "predict_batch", recording_predict)
-    predict_paths([clip], tmp_path, predictor, batch_size=4, progress=False)
+    predict_paths([clip.parent], tmp_path, predictor, batch_size=4, progress=False)  # a folder
+    assert (tmp_path / "street_color.mp4").is_file()
     # Never more decoded than one batch ahead of the model: memory does not grow with the clip.
     assert batches == [(4, 4), (4, 8), (2, 10)]
 

@@ -531,7 +531,7 @@ def _add_predict(command: Command) -> None:
         type=Path,
         nargs="+",
         required=True,
-        help="image files and/or folders (searched recursively for images), and video clips "
+        help="image files, video clips and/or folders (searched recursively for both); clips "
         "(.mp4, .mov, .mkv, .avi, .webm; needs unetseg[video])",
     )
     predict.add_argument(

@@ -33,13 +33,14 @@ from unetseg.core.config import check_scales
 from unetseg.core.files import write_json
 from unetseg.core.runtime import sigterm_as_interrupt
 from unetseg.data.io import IMAGE_EXTENSIONS, DataError, list_images, read_rgb
-from unetseg.data.video import is_video
+from unetseg.data.video import VIDEO_EXTENSIONS, is_video
 from unetseg.engine.domain import DomainCheck, DomainProfile, check
 from unetseg.engine.inference import Prediction, Predictor, inference_size, predict_batch, segment
 
 # Decoded images waiting or being written, in pixels: a few large photos, or many small ones,
 # never many large ones at once (memory stays bounded whatever their number).
 PIXELS_IN_FLIGHT = 32_000_000
+MEDIA = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS  # what a folder is searched for
 
 
 @dataclass
@@ -115,7 +116,7 @@ def predict_paths(
     batcher = _Batcher(predictor, batch_size, tta, scales, confidence, writer)
     with sigterm_as_interrupt():  # SIGTERM: the same clean stop as Ctrl-C
         try:
-            images = [job for job in jobs if job not in clips]
+            images = [job for job in jobs if not is_video(job.source)]
             for job, image in _read_ahead(pool, images, 2 * batch_size, writer):
                 if sliding_window:
                     found = segment(predictor, image, tta, True, batch_size, confidence=confidence)
@@ -153,14 +154,14 @@ def _plan(
     endings_of_clips: tuple[str, ...],
     report: PredictReport,
 ) -> list[_Job]:
-    """One job per distinct image or clip (clips only given as files); inputs whose outputs
-    would collide or replace an input fail."""
+    """One job per distinct image or clip; inputs whose outputs would collide or replace an
+    input fail."""
     sources: list[tuple[Path, Path]] = []  # (file, output stem relative to ``output``)
     for item in inputs:
         if item.is_dir():
-            found = [f for f in list_images(item) if not _is_output_inside(f, item, output)]
+            found = [f for f in list_images(item, MEDIA) if not _is_output_inside(f, item, output)]
             if not found:
-                raise DataError(f"{item}: no images in this folder ({', '.join(IMAGE_EXTENSIONS)})")
+                raise DataError(f"{item}: no images or clips in this folder ({', '.join(MEDIA)})")
             sources += [(f, f.relative_to(item).with_suffix("")) for f in found]
         else:
             sources.append((item, Path(item.stem)))
@@ -356,6 +357,8 @@ class _Writer:
             return
         self._record(job, found.entry, found.warning)
         if found.stopped:
+            frames = found.entry["frames"]
+            tqdm.write(f"stopped: {job.source} after {frames} frames, kept", file=sys.stderr)
             raise KeyboardInterrupt
 
     def _record(self, job: _Job, entry: dict[str, Any], warning: str | None) -> None:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from unetseg.commands.outputs import FRAMES, confidence_image, written_ids
 from unetseg.core.classes import ClassSet
-from unetseg.data.video import VideoWriter, open_clip
+from unetseg.data.video import Clip, VideoWriter, open_clip
 from unetseg.engine import viz
 from unetseg.engine.domain import DomainProfile, check
 from unetseg.engine.inference import Prediction, Predictor, predict_batch, segment
@@ -85,14 +85,25 @@ def predict_clip(
             bar.close()
             for writer in writers.values():
                 writer.close(keep)
+    return _result(clip, targets, frame_records, profile is not None, stopped)
+
+
+def _result(
+    clip: Clip,
+    targets: Mapping[str, Path],
+    frame_records: list[dict[str, Any]],
+    checked: bool,
+    stopped: bool,
+) -> ClipResult:
+    """The clip's ``predictions.json`` entry, and one warning line for all its warned frames."""
     warned = [r for r in frame_records if r.get("warnings")]
     entry = {
-        "source": str(source),
+        "source": str(clip.path),
         "outputs": [str(path) for path in targets.values()],
         "frames": len(frame_records),
         "fps": float(clip.rate),
         "stopped": stopped,
-        "warned_frames": len(warned) if profile is not None else None,
+        "warned_frames": len(warned) if checked else None,
         "frame_checks": frame_records,
     }
     warning = None

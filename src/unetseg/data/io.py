@@ -167,9 +167,10 @@ def _colors_to_label_ids(rgb: np.ndarray, path: Path) -> np.ndarray:
     return _COLOR_IDS[position]
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files below ``folder``, sorted. Links to folders are followed, each folder once (a
-    link loop ends there); broken links are listed, so that reading them names the problem."""
+def list_images(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files (files with these ``extensions``) below ``folder``, sorted. Links to folders
+    are followed, each folder once (a link loop ends there); broken links are listed, so that
+    reading them names the problem."""
     found, seen = [], set()
     for top, folders, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(top)
@@ -177,5 +178,5 @@ def list_images(folder: Path) -> list[Path]:
             folders.clear()
             continue
         seen.add(real)
-        found += [Path(top, f) for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+        found += [Path(top, f) for f in files if Path(f).suffix.lower() in extensions]
     return sorted(found)
