@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -197,10 +199,16 @@ def test_average_from_ships_the_mean_of_the_later_steps_weights(
     assert not torch.allclose(average["weights"]["head.weight"], weights[3]["head.weight"])
 
 
-def test_a_time_budget_stops_the_run_and_decays_the_rate_over_it(synthetic_root, tmp_path):
+def test_a_time_budget_stops_the_run_and_decays_the_rate_over_it(
+    synthetic_root, tmp_path, monkeypatch
+):
     extra = {"train.training_iterations": 100_000, "train.time_budget_min": 0.15}
     extra |= {f"train.{k}_interval": 10_000 for k in ("eval", "save_model", "snapshot")}
     config = load_config(None, tiny_overrides(synthetic_root, tmp_path / "cache", **extra))
+    # A clock that moves half a second per reading: the step count does not depend on the
+    # machine's speed (a loaded one ran 2 steps in the 9 seconds).
+    readings = itertools.count()
+    monkeypatch.setattr(time, "perf_counter", lambda: 0.5 * next(readings))
     result = train(config, tmp_path / "run", progress=False)
     state = load_checkpoint(result.final_checkpoint)
     assert 3 <= state["step"] < 100_000 and state["elapsed_s"] >= 9.0

@@ -5,6 +5,7 @@ done, and broken clips named in one line. The input clip is made here with PyAV,
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import sys
 from fractions import Fraction
@@ -28,6 +29,7 @@ from unetseg.engine import viz  # noqa: E402
 from unetseg.engine.inference import Predictor, segment  # noqa: E402
 from unetseg.engine.train import TrainResult, train  # noqa: E402
 
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 FRAMES, DARK_FROM = 10, 6  # frames 6 to 9 are the scenes at a fifth of their brightness
 WIDTH, HEIGHT = 127, 63  # odd sides: the output videos pad them, the id masks do not
 
@@ -173,3 +175,20 @@ def test_without_pyav_a_clip_names_the_install(
     needs = r"clip.mp4: .*pip install 'unetseg\[video\]'"
     with pytest.raises(DataError, match=needs), open_clip(tmp_path / "clip.mp4"):
         pass
+
+
+def test_frames_become_a_clip_predict_reads(tmp_path: Path) -> None:
+    """``scripts/frames_to_clip.py``: image files in name order, one H.264 clip."""
+    spec = importlib.util.spec_from_file_location("frames_to_clip", SCRIPTS / "frames_to_clip.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    shades = [40, 120, 200]
+    for index, shade in enumerate(shades):
+        Image.new("RGB", (64, 32), (shade, shade, shade)).save(tmp_path / f"f{index}.png")
+    out = script.main([str(tmp_path / "f*.png"), str(tmp_path / "clip.mp4"), "--fps", "5"])
+    frames = decode(out)
+    assert [round(float(f.mean())) for f in frames] == pytest.approx(shades, abs=3)
+    Image.new("RGB", (32, 32)).save(tmp_path / "f9.png")
+    with pytest.raises(SystemExit):
+        script.main([str(tmp_path / "f*.png"), str(tmp_path / "other.mp4")])
+    assert not (tmp_path / "other.mp4").exists()
