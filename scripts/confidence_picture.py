@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import unetseg
+from unetseg.commands.outputs import confidence_image
 from unetseg.engine import viz
 
 TILE_WIDTH = 320
@@ -24,7 +25,7 @@ CAPTION_CHARS = 3 * TILE_WIDTH // 6  # the default bitmap font is about 6 pixels
 
 def row(result: unetseg.Segmentation) -> np.ndarray:
     """Image | overlay | confidence, each TILE_WIDTH wide, above a caption of its warnings."""
-    grey = (result.confidence * 255).round().astype(np.uint8)
+    grey = confidence_image(result.confidence)
     tiles = [result.image, result.overlay(), np.repeat(grey[..., None], 3, axis=2)]
     height = round(TILE_WIDTH * result.image.shape[0] / result.image.shape[1])
     strip = np.concatenate(

@@ -129,7 +129,14 @@ def _predict(
 ) -> list[Prediction]:
     if settings.sliding_window:
         return [
-            segment(predictor, image, settings.tta, True, settings.batch_size, confidence=True)
+            segment(
+                predictor,
+                image,
+                settings.tta,
+                True,
+                settings.batch_size,
+                confidence=settings.confidence,
+            )
             for image in images
         ]
     return predict_batch(predictor, images, settings.tta, settings.scales, settings.confidence)

@@ -98,7 +98,6 @@ class VideoWriter:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.temporary = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-        self.frames = 0
         with self._errors_named():
             self.container = self.av.open(str(self.temporary), mode="w")
             self.stream = self.container.add_stream(CODEC, rate=rate, options=ENCODER_OPTIONS)
@@ -112,7 +111,6 @@ class VideoWriter:
         with self._errors_named():
             frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24")
             self.container.mux(self.stream.encode(frame))
-        self.frames += 1
 
     def close(self, keep: bool = True) -> None:
         """Finish the file and move it under its name (``keep``), or remove it."""
