@@ -156,3 +156,32 @@ def test_ids_only_predictions_are_what_the_official_evaluation_reads(
         assert (ours_iou is None) == math.isnan(official), name
         if ours_iou is not None:
             assert ours_iou == pytest.approx(official, abs=1e-6), name
+
+
+def test_an_exported_onnx_model_is_scored_as_its_checkpoint(constant_setup, tmp_path, capsys):
+    """The .onnx finds the run's data through the JSON beside it and scores as the checkpoint
+    does, at full resolution; without --full-res it is one error line saying to add it."""
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    from unetseg.engine.export import export_onnx
+
+    checkpoint, root = constant_setup
+    state = ckpt.load_checkpoint(checkpoint)
+    state["model"]["temperature"] = torch.tensor(2.0)  # the ONNX logits come divided by it
+    ckpt.save_checkpoint(state, checkpoint)
+    onnx_path = export_onnx(checkpoint, tmp_path / "model.onnx")
+    ours = full_res_metrics(onnx_path, tmp_path / "onnx", tta=True, scales=(0.5, 1.0))
+    reference = full_res_metrics(checkpoint, tmp_path / "pt", tta=True, scales=(0.5, 1.0))
+    iou, miou = expected_scores(root)
+    assert ours["per_class"]["Road"]["iou"] == pytest.approx(iou)
+    assert ours["miou"] == pytest.approx(miou) == pytest.approx(reference["miou"])
+    confidence = math.exp(2.5) / (math.exp(2.5) + 10)  # softmax(5 / T, 0, ..., 0)'s top
+    assert ours["calibration"]["temperature"] == reference["calibration"]["temperature"] == 2.0
+    assert ours["calibration"]["ece_after"] == pytest.approx(abs(iou - confidence), abs=1e-5)
+    assert ours["calibration"]["after"]["count"] == reference["calibration"]["after"]["count"]
+    assert ours["checkpoint"] == str(onnx_path) and (tmp_path / "onnx" / "metrics.json").is_file()
+    assert main(["evaluate", "--checkpoint", str(onnx_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith(
+        "model.onnx: an ONNX model is scored through the predict path: add --full-res"
+    )

@@ -446,7 +446,8 @@ def _add_evaluate(command: Command) -> None:
         "score a checkpoint: metrics.json, per-class "
         "table, IoU chart, confusion matrix and the worst images",
     )
-    _add_split_arguments(evaluate, "score")
+    onnx = "; or an .onnx from `unetseg export` (with --full-res)"
+    _add_split_arguments(evaluate, "score", CHECKPOINT_HELP + onnx)
     evaluate.add_argument(
         "--full-res",
         action="store_true",
@@ -483,9 +484,11 @@ def _add_config(command: Command) -> None:
     _add_config_arguments(show)
 
 
-def _add_split_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+def _add_split_arguments(
+    parser: argparse.ArgumentParser, verb: str, checkpoint_help: str = CHECKPOINT_HELP
+) -> None:
     """--checkpoint, and the data it is scored or fitted on."""
-    parser.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
+    parser.add_argument("--checkpoint", type=Path, required=True, help=checkpoint_help)
     parser.add_argument(
         "--data-root",
         type=Path,

@@ -14,9 +14,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from unetseg.core.checkpoint import CheckpointError, model_from_checkpoint, resolve_checkpoint
+from unetseg.core.checkpoint import (
+    CheckpointError,
+    model_from_checkpoint,
+    read_metadata,
+    resolve_checkpoint,
+)
 from unetseg.core.classes import IGNORE_INDEX, ClassSet, cityscapes_categories
-from unetseg.core.config import Config, check_test_time_augmentation, with_overrides
+from unetseg.core.config import (
+    Config,
+    ConfigError,
+    check_test_time_augmentation,
+    with_overrides,
+)
 from unetseg.core.files import write_json
 from unetseg.core.metrics import ConfusionMatrix, grouped_matrix, scores_from_matrix
 from unetseg.core.runtime import Runtime, local_runtime
@@ -60,17 +70,17 @@ def evaluate_checkpoint(
 
     check_test_time_augmentation(tta, scales, full_res)
     checkpoint = resolve_checkpoint(checkpoint)
-    model, config, class_set, runtime = _load(checkpoint, data_root, overrides, device)
-    out = out or checkpoint.parent / f"evaluation_{split}{'_fullres' if full_res else ''}"
-    out.mkdir(parents=True, exist_ok=True)
     if full_res:
-        predictor = Predictor.from_model(model, config, class_set, runtime)
-        temperature = float(model.temperature)
+        predictor, config, temperature = _load_predictor(checkpoint, data_root, overrides, device)
+        class_set = predictor.class_set
         scored = _score_full_resolution(
             predictor, temperature, config, split, tta, scales, worst, progress
         )
     else:
+        model, config, class_set, runtime = _load(checkpoint, data_root, overrides, device)
         scored = _score_cached(model, config, class_set, runtime, split, worst, progress)
+    out = out or checkpoint.parent / f"evaluation_{split}{'_fullres' if full_res else ''}"
+    out.mkdir(parents=True, exist_ok=True)
     metrics = scored.scores.to_dict(class_set.names)
     metrics.update(
         checkpoint=str(checkpoint),
@@ -142,20 +152,43 @@ def _training_profile(
     return profile_of(train, class_set, calibration.image_confidence)
 
 
-def _load(
-    checkpoint: Path, data_root: Path | None, overrides: Sequence[str], device: str
-) -> tuple[torch.nn.Module, Config, ClassSet, Runtime]:
-    """A checkpoint's model on the device, with its configuration as changed for this use."""
-    model, config, class_set = model_from_checkpoint(checkpoint)
+def _changed(config: Config, data_root: Path | None, overrides: Sequence[str]) -> Config:
+    """A run's configuration as changed for this use: another data root, overrides."""
     if data_root is not None:
         config = dataclasses.replace(
             config, data=dataclasses.replace(config.data, root=str(data_root))
         )
-    if overrides:
-        config = with_overrides(config, list(overrides))
+    return with_overrides(config, list(overrides)) if overrides else config
+
+
+def _load(
+    checkpoint: Path, data_root: Path | None, overrides: Sequence[str], device: str
+) -> tuple[torch.nn.Module, Config, ClassSet, Runtime]:
+    """A checkpoint's model on the device, with its configuration as changed for this use."""
+    if checkpoint.suffix == ".onnx":
+        raise ConfigError(
+            f"{checkpoint}: an ONNX model is scored through the predict path: add --full-res"
+        )
+    model, config, class_set = model_from_checkpoint(checkpoint)
+    config = _changed(config, data_root, overrides)
     runtime = local_runtime(device, config.train.precision)
     layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
     return model.to(device=runtime.device, memory_format=layout), config, class_set, runtime
+
+
+def _load_predictor(
+    checkpoint: Path, data_root: Path | None, overrides: Sequence[str], device: str
+) -> tuple[Predictor, Config, float]:
+    """The predict path of a checkpoint or an exported ONNX model (whose JSON holds the run's
+    configuration), that configuration as changed for this use, and the model's temperature."""
+    if checkpoint.suffix != ".onnx":
+        model, config, class_set, runtime = _load(checkpoint, data_root, overrides, device)
+        predictor = Predictor.from_model(model, config, class_set, runtime)
+        return predictor, config, float(model.temperature)
+    meta, config, _ = read_metadata(checkpoint)
+    predictor = Predictor.load(checkpoint)
+    temperature = float(meta.get("temperature", {}).get("value", 1.0))  # 1: exported uncalibrated
+    return predictor, _changed(config, data_root, overrides), temperature
 
 
 def _score_full_resolution(

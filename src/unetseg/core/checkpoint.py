@@ -172,14 +172,10 @@ def model_from_checkpoint(source: str | Path) -> tuple[SegmentationNet, Config, 
     return model.eval(), config, class_set
 
 
-def _model_from_safetensors(path: Path) -> tuple[SegmentationNet, Config, ClassSet]:
-    """Weights written by ``export_safetensors``, rebuilt from the ``model.json`` beside them."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def read_metadata(path: Path) -> tuple[dict[str, Any], Config, ClassSet]:
+    """The JSON written beside exported weights (``model.safetensors``, an ``.onnx``), with the
+    run's configuration and class set; CheckpointError naming the JSON if it is not that."""
     meta_path = path.with_suffix(".json")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         config = from_dict(meta["config"], source=str(meta_path))
@@ -188,6 +184,17 @@ def _model_from_safetensors(path: Path) -> tuple[SegmentationNet, Config, ClassS
         raise CheckpointError(
             f"{meta_path}: not the metadata written beside {path.name} ({error})"
         ) from None
+    return meta, config, class_set
+
+
+def _model_from_safetensors(path: Path) -> tuple[SegmentationNet, Config, ClassSet]:
+    """Weights written by ``export_safetensors``, rebuilt from the ``model.json`` beside them."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    meta, config, class_set = read_metadata(path)
     try:
         weights = load_file(str(path))
     except (SafetensorError, OSError) as error:
