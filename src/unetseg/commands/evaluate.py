@@ -185,8 +185,8 @@ def _load_predictor(
         model, config, class_set, runtime = _load(checkpoint, data_root, overrides, device)
         predictor = Predictor.from_model(model, config, class_set, runtime)
         return predictor, config, float(model.temperature)
+    predictor = Predictor.load(checkpoint)  # first: its errors name a missing file plainly
     meta, config, _ = read_metadata(checkpoint)
-    predictor = Predictor.load(checkpoint)
     temperature = float(meta.get("temperature", {}).get("value", 1.0))  # 1: exported uncalibrated
     return predictor, _changed(config, data_root, overrides), temperature
 
