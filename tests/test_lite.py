@@ -206,8 +206,9 @@ def test_encoder_learning_rate_scale_and_warm_start(synthetic_root: Path, tmp_pa
             in_encoder: group["lr"]
             for group, in_encoder in zip(trainer.optimizer.param_groups, trainer.encoder_groups)
         }
-        assert lrs[False] == stats["lr"]
-        assert lrs[True] == (0.0 if step < 2 else pytest.approx(0.25 * stats["lr"]))
+        assert lrs[False] == stats["lr"] and lrs[True] == pytest.approx(0.25 * stats["lr"])
+        # frozen: no gradient for the encoder (its backward pass skipped), no weight decay
+        assert trainer.model.encoder.stem.conv.weight.requires_grad == (step >= 2)
         unchanged = all(
             torch.equal(a, b) for a, b in zip(encoder_before, trainer.model.encoder.parameters())
         )

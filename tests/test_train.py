@@ -276,7 +276,12 @@ def test_original_recipe_runs_a_few_steps(synthetic_root, tmp_path):
     assert len(result.metrics["per_class"]) == 24
 
 
-LITE = {"model.encoder": "efficientnet_lite0", "train.encoder_lr_scale": 0.5}
+# The encoder frozen for the first step: the split batch must reduce its gradients once released.
+LITE = {
+    "model.encoder": "efficientnet_lite0",
+    "train.encoder_lr_scale": 0.5,
+    "train.freeze_encoder_steps": 1,
+}
 
 
 def equivalence_overrides(root: Path, cache: Path, **extra: object) -> list[str]:
@@ -299,13 +304,17 @@ def equivalence_overrides(root: Path, cache: Path, **extra: object) -> list[str]
     )
 
 
-def assert_same_weights(first: Path, second: Path) -> None:
+def assert_same_weights(first: Path, second: Path, outlier_share: float = 0.0) -> None:
     """The final weights of two runs agree to float noise: atol 5% of one step at lr 1e-3,
-    rtol for the batch-norm statistics, which pretrained encoders hold in the hundreds."""
+    rtol for the batch-norm statistics, which pretrained encoders hold in the hundreds; with
+    ``outlier_share``, all but that share of all the elements."""
     one, two = final_weights(first), final_weights(second)
-    for key in one:
-        if one[key].is_floating_point():
-            assert torch.allclose(one[key], two[key], atol=5e-5, rtol=1e-5), key
+    floats = [key for key in one if one[key].is_floating_point()]
+    far = {key: ~torch.isclose(one[key], two[key], atol=5e-5, rtol=1e-5) for key in floats}
+    outliers = sum(int(f.sum()) for f in far.values())
+    total = sum(f.numel() for f in far.values())
+    worst = max(floats, key=lambda key: int(far[key].sum()))
+    assert outliers <= outlier_share * total, f"{outliers} of {total} elements differ ({worst})"
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
@@ -333,7 +342,11 @@ def test_two_process_ddp_equals_one_process_with_the_global_batch(synthetic_root
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert_same_weights(tmp_path / "single", tmp_path / "ddp")
+    # A released encoder's first Adam step moves each weight by about lr * sign(gradient): the
+    # few whose gradient is float noise may go either way (15 of 3.3 M elements). Gradients
+    # left unreduced move a third of them.
+    outliers = 1e-4 if "train.freeze_encoder_steps" in model else 0.0
+    assert_same_weights(tmp_path / "single", tmp_path / "ddp", outliers)
     earlier = load_checkpoint(tmp_path / "single" / "checkpoints" / "step_0000002.pt")["model"]
     changed = any(
         not torch.equal(a, b)

@@ -164,7 +164,9 @@ class TrainConfig:
     average_from: float = 0.0  # > 0: from this share of the run on, ship the mean of the weights
     # pretrained encoders: their learning rate is base_lr times this (the schedule applies to both)
     encoder_lr_scale: float = 1.0
-    freeze_encoder_steps: int = 0  # pretrained encoders: not updated in the first steps
+    # pretrained encoders: fixed (no gradient, no backward pass) in the first steps, while the
+    # decoder learns to read them
+    freeze_encoder_steps: int = 0
 
 
 @dataclass

@@ -109,9 +109,9 @@ def build_optimizer(model: nn.Module, config: Config) -> tuple[torch.optim.Optim
     return torch.optim.AdamW(groups, lr=config.train.base_lr), is_encoder
 
 
-def encoder_lr_scale(train: TrainConfig, step: int) -> float:
-    """The pretrained encoder's share of the learning rate at ``step`` (0 while frozen)."""
-    return 0.0 if step < train.freeze_encoder_steps else train.encoder_lr_scale
+def encoder_frozen(train: TrainConfig, step: int) -> bool:
+    """Whether the pretrained encoder is held fixed at ``step`` (the warm start)."""
+    return step < train.freeze_encoder_steps
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -157,6 +157,8 @@ class Trainer:
         if resume:
             self._resume()
         self.workers = default_workers(config.data.num_workers, self.rt.device, self.rt.world_size)
+        self.encoder_frozen = False
+        self._follow_encoder_freeze()
         self.forward_model = self._wrap_model()
 
     # -- setup -----------------------------------------------------------------------------
@@ -210,6 +212,19 @@ class Trainer:
         if self.config.train.compile:
             model = torch.compile(model)
         return model
+
+    def _follow_encoder_freeze(self) -> bool:
+        """Freeze or release the pretrained encoder as ``encoder_frozen`` says for this step;
+        True when that changed. A frozen encoder's parameters need no gradient, so the backward
+        pass stops at the decoder; its batch-norm statistics still follow the data."""
+        encoder = pretrained_encoder(self.model, self.config)
+        frozen = encoder is not None and encoder_frozen(self.config.train, self.step)
+        if frozen == self.encoder_frozen:
+            return False
+        assert encoder is not None
+        encoder.requires_grad_(not frozen)
+        self.encoder_frozen = frozen
+        return True
 
     def _new_average(self) -> WeightAverage | None:
         t = self.config.train
@@ -348,9 +363,10 @@ class Trainer:
         """Accumulate ``accum_steps`` micro-batches, clip, and step (or skip a non-finite step)."""
         t, rt = self.config.train, self.rt
         lr = self.schedule(self.step, self.budget_progress())
-        encoder_scale = encoder_lr_scale(t, self.step)
         for group, in_encoder in zip(self.optimizer.param_groups, self.encoder_groups):
-            group["lr"] = lr * encoder_scale if in_encoder else lr
+            group["lr"] = lr * t.encoder_lr_scale if in_encoder else lr
+        if self._follow_encoder_freeze():  # DDP reduces what needed gradients when it was built
+            self.forward_model = self._wrap_model()
         self.forward_model.train()
         # A skipped step must leave the model as it was, BatchNorm statistics included.
         buffers = [b.detach().clone() for b in self.model.buffers()]
