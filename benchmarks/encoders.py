@@ -3,8 +3,9 @@
     python benchmarks/encoders.py [--size 320x256] [--infer-size 480x352] [--batch 4]
                                   [--repeats 5] [--record benchmarks/RESULTS.md]
 
-Models: the CamVid from-scratch recipe's residual U-Net (width 16, ResNet-18 depths) and the U-Net
-decoder (width 16) over each EfficientNet-Lite encoder. Settings: fp32 and bf16 autocast, each
+Models: the CamVid from-scratch recipe's residual U-Net (width 16, ResNet-18 depths), the U-Net
+decoder (width 16) over each EfficientNet-Lite encoder, and Lite0 with its (ImageNet) encoder
+frozen, as in a warm start's steps (``train.freeze_encoder_steps``). Settings: fp32 and bf16 autocast, each
 in NCHW and channels_last. Training is the real ``Trainer.train_step`` on one fixed batch of
 ``--size`` (model-only: forward, loss, backward, AdamW); inference is one eval-mode forward of a
 batch-1 image of ``--infer-size`` (CamVid's frames at full resolution). Every arm takes turns with
@@ -35,6 +36,11 @@ MODELS = {
         f"lite{i}": [f"model.encoder=efficientnet_lite{i}", "model.pretrained=false"]
         for i in range(3)
     },
+    # the warm start's steps: the pretrained encoder frozen, so no backward pass through it
+    "lite0 frozen encoder": [
+        "model.encoder=efficientnet_lite0",
+        "train.freeze_encoder_steps=1000000000",
+    ],
 }
 SETTINGS = {
     "fp32 NCHW": ["train.precision=fp32", "train.channels_last=off"],

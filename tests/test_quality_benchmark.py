@@ -92,7 +92,8 @@ def test_sweep_trains_each_variant_on_the_cross_sequence_split(tmp_path):
         "DEVICE": "cpu",
         "WORKERS": "0",
         "UNETSEG_CACHE": str(tmp_path / "cache"),
-        "SWEEP_OVERRIDES": "model.width=4 model.pretrained=false data.size=[64,64] augment.crop=[]",
+        "SWEEP_OVERRIDES": "model.width=4 model.pretrained=false train.freeze_encoder_steps=0 "
+        "data.size=[64,64] augment.crop=[]",
     }
     command = [
         "bash", str(REPO / "benchmarks" / "sweep_camvid.sh"), "2", "300",
