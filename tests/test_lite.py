@@ -26,7 +26,7 @@ from unetseg.core.efficientnet_lite import (
     weights_file,
 )
 from unetseg.core.encoders import IMAGENET_MEAN, LITE_ENCODERS, LITE_MEAN, LITE_STD
-from unetseg.core.model import LiteUNet, build_model
+from unetseg.core.model import LiteUNet, build_model, count_parameters
 from unetseg.engine.export import export_onnx
 from unetseg.engine.inference import Predictor, predict_image
 from unetseg.engine.train import Trainer, train
@@ -198,6 +198,8 @@ def test_encoder_learning_rate_scale_and_warm_start(synthetic_root: Path, tmp_pa
     trainer = Trainer(config, tmp_path / "run", resume=False, progress=False)
     batches = itertools.cycle(torch.utils.data.DataLoader(trainer.data["train"], batch_size=2))
     encoder_before = [p.detach().clone() for p in trainer.model.encoder.parameters()]
+    # a frozen encoder still counts in the model size that the run reports
+    assert count_parameters(trainer.model) > count_parameters(trainer.model.encoder) > 2e6
     head_before = trainer.model.head.weight.detach().clone()
     for step in range(3):
         stats = trainer.train_step(batches)

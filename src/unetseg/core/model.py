@@ -436,5 +436,5 @@ def check_input_size(height: int, width: int, factor: int) -> None:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of parameters, a frozen encoder's included: the model's size, not this step's."""
+    return sum(p.numel() for p in model.parameters())
