@@ -521,27 +521,8 @@ def _run(trainer: Trainer) -> TrainResult:
     t = config.train
     log = RunLog(run_dir, rt.is_main)
     if rt.is_main:
-        with atomic_path(run_dir / "config.yaml") as temporary:  # --resume reads it back
-            save_config(config, temporary)
-        # Steps after the checkpoint (or, starting afresh, a killed first attempt's) come again.
-        log.truncate(trainer.step)
-        _announce(trainer)
-        if t.time_budget_min <= 0:  # a budgeted run's decay follows the clock: see curves_lr
-            viz.plot_schedule(
-                trainer.schedule.values(),
-                run_dir / "schedule.png",
-                f"learning rate ({t.decay} decay)",
-            )
-    sampler = StreamBatchSampler(
-        len(trainer.data["train"]),
-        t.batch_size,
-        t.seed,
-        rt.rank,
-        rt.world_size,
-        start=trainer.step * t.accum_steps,
-        weights=trainer.sampling_weights(),
-    )
-    batches = iter(train_loader(trainer.data["train"], sampler, trainer.workers, rt.device))
+        _open_run_folder(trainer, log)
+    batches = _batches(trainer)
     images_per_step = t.batch_size * t.accum_steps * rt.world_size
     consecutive_bad, step_seconds, logged_step = 0, 0.0, trainer.step
     bar = _progress_bar(trainer)
@@ -551,15 +532,7 @@ def _run(trainer: Trainer) -> TrainResult:
             started = time.perf_counter()
             stats = trainer.train_step(batches)
             step_seconds += time.perf_counter() - started
-            consecutive_bad = 0 if stats["finite"] else consecutive_bad + 1
-            if not stats["finite"]:
-                trainer.nonfinite_total += 1
-                if consecutive_bad >= t.max_nonfinite_steps:
-                    raise TrainingError(
-                        f"non-finite loss or gradient in {consecutive_bad} steps in a row "
-                        f"(last at step {trainer.step}); last good checkpoint: "
-                        f"{trainer.last_checkpoint or 'none'}"
-                    )
+            consecutive_bad = _count_nonfinite(trainer, stats["finite"], consecutive_bad)
             trainer.step += 1
             trainer.tick(clock)
             step = trainer.step
@@ -569,16 +542,7 @@ def _run(trainer: Trainer) -> TrainResult:
                 # Throughput of the training steps since the last row (evaluation excluded).
                 images_per_s = images_per_step * (step - logged_step) / step_seconds
                 step_seconds, logged_step = 0.0, step
-                row = {
-                    "step": step,
-                    **{k: v for k, v in stats.items() if k != "finite"},
-                    "skipped": trainer.nonfinite_total,
-                    "images_per_s": images_per_s,
-                    "memory_mb": _memory_mb(rt.device),
-                    "elapsed_s": trainer.elapsed_s,
-                }
-                log.append("log.jsonl", row)
-                bar.set_postfix(step=step, loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.1e}")
+                _log_step(trainer, log, bar, stats, images_per_s)
             if step % t.eval_interval == 0 or last:
                 _periodic_eval(trainer, log, bar)
             if step % t.snapshot_interval == 0:
@@ -594,6 +558,68 @@ def _run(trainer: Trainer) -> TrainResult:
                 )
             trainer.tick(clock)  # evaluations and saves count towards the budget too
     return _finish(trainer, log)
+
+
+def _open_run_folder(trainer: Trainer, log: RunLog) -> None:
+    """Rank 0: the config --resume reads back, the log cut to the checkpoint, the schedule plot."""
+    t = trainer.config.train
+    with atomic_path(trainer.run_dir / "config.yaml") as temporary:
+        save_config(trainer.config, temporary)
+    # Steps after the checkpoint (or, starting afresh, a killed first attempt's) come again.
+    log.truncate(trainer.step)
+    _announce(trainer)
+    if t.time_budget_min <= 0:  # a budgeted run's decay follows the clock: see curves_lr
+        viz.plot_schedule(
+            trainer.schedule.values(),
+            trainer.run_dir / "schedule.png",
+            f"learning rate ({t.decay} decay)",
+        )
+
+
+def _batches(trainer: Trainer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's training batches, from the sample the checkpoint stopped at onwards."""
+    t, rt = trainer.config.train, trainer.rt
+    sampler = StreamBatchSampler(
+        len(trainer.data["train"]),
+        t.batch_size,
+        t.seed,
+        rt.rank,
+        rt.world_size,
+        start=trainer.step * t.accum_steps,
+        weights=trainer.sampling_weights(),
+    )
+    return iter(train_loader(trainer.data["train"], sampler, trainer.workers, rt.device))
+
+
+def _count_nonfinite(trainer: Trainer, finite: bool, consecutive_bad: int) -> int:
+    """The skipped steps in a row after this one; too many in a row end the run."""
+    if finite:
+        return 0
+    trainer.nonfinite_total += 1
+    consecutive_bad += 1
+    if consecutive_bad >= trainer.config.train.max_nonfinite_steps:
+        raise TrainingError(
+            f"non-finite loss or gradient in {consecutive_bad} steps in a row "
+            f"(last at step {trainer.step}); last good checkpoint: "
+            f"{trainer.last_checkpoint or 'none'}"
+        )
+    return consecutive_bad
+
+
+def _log_step(
+    trainer: Trainer, log: RunLog, bar: tqdm, stats: dict[str, float], images_per_s: float
+) -> None:
+    """One row of log.jsonl, and the progress bar's loss and learning rate."""
+    row = {
+        "step": trainer.step,
+        **{k: v for k, v in stats.items() if k != "finite"},
+        "skipped": trainer.nonfinite_total,
+        "images_per_s": images_per_s,
+        "memory_mb": _memory_mb(trainer.rt.device),
+        "elapsed_s": trainer.elapsed_s,
+    }
+    log.append("log.jsonl", row)
+    bar.set_postfix(step=trainer.step, loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.1e}")
 
 
 def _progress_bar(trainer: Trainer) -> tqdm:
