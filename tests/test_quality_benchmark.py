@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from unetseg.core.config import load_config
+
 REPO = Path(__file__).resolve().parents[1]
 VOID = 11
 
@@ -66,7 +68,8 @@ def test_budgeted_run_scores_both_splits_at_full_resolution(shared_data, tmp_pat
     )
     assert (again["images_seen"], again["budget_min"]) == (summary["images_seen"], 0.1)
     assert "data.size=[64, 64]" in again["overrides"] and "model.width=4" in again["overrides"]
-    assert summary["encoder"] == again["encoder"] == "efficientnet_lite0"
+    recipe = load_config(REPO / "configs" / "camvid.yaml", [])
+    assert summary["encoder"] == again["encoder"] == recipe.model.encoder
     assert not any(o.startswith("data.val_filter") for o in again["overrides"])
 
 
