@@ -1,12 +1,13 @@
 """Encoders side by side: training and inference images/s of each model in each precision and layout.
 
     python benchmarks/encoders.py [--size 320x256] [--infer-size 480x352] [--batch 4]
-                                  [--repeats 5] [--record benchmarks/RESULTS.md]
+                                  [--repeats 5] [--only REGEX] [--record benchmarks/RESULTS.md]
 
 Models: the CamVid from-scratch recipe's residual U-Net (width 16, ResNet-18 depths), the U-Net
-decoder (width 16) over each EfficientNet-Lite encoder, and Lite0 with its (ImageNet) encoder
-frozen, as in a warm start's steps (``train.freeze_encoder_steps``). Settings: fp32 and bf16 autocast, each
-in NCHW and channels_last. Training is the real ``Trainer.train_step`` on one fixed batch of
+decoder (width 16) over each EfficientNet-Lite encoder, Lite0 and Lite2 with their (ImageNet)
+encoder frozen, as in a warm start's steps (``train.freeze_encoder_steps``), and Lite2 with its
+first levels frozen (``train.freeze_encoder_levels``). Settings: fp32 and bf16 autocast, each in
+NCHW and channels_last; ``--only REGEX`` keeps the arms whose "model | setting" matches. Training is the real ``Trainer.train_step`` on one fixed batch of
 ``--size`` (model-only: forward, loss, backward, AdamW); inference is one eval-mode forward of a
 batch-1 image of ``--infer-size`` (CamVid's frames at full resolution). Every arm takes turns with
 every other (``common.alternating_rates``), so that a slow phase of the machine hits all of them.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,10 +39,21 @@ MODELS = {
         for i in range(3)
     },
     # the warm start's steps: the pretrained encoder frozen, so no backward pass through it
-    "lite0 frozen encoder": [
-        "model.encoder=efficientnet_lite0",
-        "train.freeze_encoder_steps=1000000000",
-    ],
+    **{
+        f"lite{i} frozen encoder": [
+            f"model.encoder=efficientnet_lite{i}",
+            "train.freeze_encoder_steps=1000000000",
+        ]
+        for i in (0, 2)
+    },
+    # the stem and the blocks at 1/2 and 1/4 (or down to 1/8) kept fixed for the whole run
+    **{
+        f"lite2 levels 1-{n} frozen": [
+            "model.encoder=efficientnet_lite2",
+            f"train.freeze_encoder_levels={n}",
+        ]
+        for n in (2, 3)
+    },
 }
 SETTINGS = {
     "fp32 NCHW": ["train.precision=fp32", "train.channels_last=off"],
@@ -83,16 +96,30 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="training batch (4)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per arm (5)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-enc")
+    parser.add_argument("--only", type=re.compile, help='arms whose "model | setting" matches')
     parser.add_argument("--record", type=Path, help="append the output to this results file")
     args = parser.parse_args()
     use_fast_allocator()  # as the unetseg command does
     settings = {k: v for k, v in SETTINGS.items() if cpu_supports_bf16() or "bf16" not in k}
+    chosen = [
+        (model, setting)
+        for model in MODELS
+        for setting in settings
+        if args.only is None or args.only.search(f"{model} | {setting}")
+    ]
+    if not chosen:
+        parser.error(f"--only {args.only.pattern!r} matches no arm")
+    models = list(dict.fromkeys(model for model, _ in chosen))
+    settings = {s: settings[s] for s in dict.fromkeys(setting for _, setting in chosen)}
     arms = {
         (model, setting): trainer_for(
-            args.work, args.size, 16, args.batch, ["model.dropout=0", *overrides, *extra]
+            args.work,
+            args.size,
+            16,
+            args.batch,
+            ["model.dropout=0", *MODELS[model], *settings[setting]],
         )
-        for model, overrides in MODELS.items()
-        for setting, extra in settings.items()
+        for model, setting in chosen
     }
     train = alternating_rates(
         {key: training_run(t, args.batch) for key, t in arms.items()}, args.repeats, 2
@@ -106,14 +133,22 @@ def main() -> None:
         f"training img/s (batch {args.batch}, {args.size[0]}x{args.size[1]}, model-only) / "
         f"inference img/s (batch 1, {args.infer_size[0]}x{args.infer_size[1]})"
     )
-    out(f"{'model':>20}" + "".join(f"{s:>22}" for s in settings))
-    for model in MODELS:
-        cells = [f"{train[model, s]:9.2f} / {infer[model, s]:6.2f}" for s in settings]
-        out(f"{model:>20}" + "".join(f"{c:>22}" for c in cells))
-    for model in MODELS:
-        fastest = max(settings, key=lambda s: train[model, s])
-        ratio = train[model, fastest] / train["residual (recipe S)", fastest]
-        out(f"{model}: fastest training in {fastest}; {ratio:.2f}x the recipe's images there")
+    out(f"{'model':>22}" + "".join(f"{s:>22}" for s in settings))
+    for model in models:
+        cells = [
+            f"{train[model, s]:9.2f} / {infer[model, s]:6.2f}" if (model, s) in arms else "-"
+            for s in settings
+        ]
+        out(f"{model:>22}" + "".join(f"{c:>22}" for c in cells))
+    recipe = "residual (recipe S)"
+    for model in models:
+        fastest = max((s for s in settings if (model, s) in arms), key=lambda s: train[model, s])
+        against = (
+            f"; {train[model, fastest] / train[recipe, fastest]:.2f}x the recipe's images there"
+            if (recipe, fastest) in arms
+            else ""
+        )
+        out(f"{model}: fastest training in {fastest}{against}")
     summary = {
         f"{model} | {setting}": {"train": round(train[key], 3), "infer": round(infer[key], 3)}
         for key in arms

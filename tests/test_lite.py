@@ -27,6 +27,7 @@ from unetseg.core.efficientnet_lite import (
 )
 from unetseg.core.encoders import IMAGENET_MEAN, LITE_ENCODERS, LITE_MEAN, LITE_STD
 from unetseg.core.model import LiteUNet, build_model, count_parameters
+from unetseg.core.runtime import cpu_supports_bf16
 from unetseg.engine.export import export_onnx
 from unetseg.engine.inference import Predictor, predict_image
 from unetseg.engine.train import Trainer, train
@@ -169,6 +170,8 @@ def test_lite_encoders_normalise_as_their_release_unless_told() -> None:
             ["model.encoder=residual", "model.freeze_encoder_bn=true"],
             "only for a pretrained",
         ),
+        (["model.encoder=residual", "train.freeze_encoder_levels=2"], "only for a pretrained"),
+        (["model.encoder=efficientnet_lite0", "train.freeze_encoder_levels=6"], "0 to 5, got 6"),
         (["model.encoder=efficientnet_lite0", "train.encoder_lr_scale=-1"], "must not be negative"),
         (["model.encoder=lite0"], "is not one of plain, residual, efficientnet_lite0"),
     ],
@@ -191,15 +194,41 @@ def test_frozen_encoder_batch_norm_keeps_its_statistics() -> None:
     assert model.encoder.stem.bn.weight.grad is not None  # scale and shift still learn
 
 
+def test_encoder_levels_are_the_modules_that_compute_each_feature() -> None:
+    encoder = LiteEncoder("efficientnet_lite0").eval()
+    every = {id(p) for module in encoder.level_modules(5) for p in module.parameters()}
+    assert every == {id(p) for p in encoder.parameters()} and encoder.level_modules(0) == []
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        features = encoder(x)
+        for level in (1, 2, 4):
+            h = x
+            for module in encoder.level_modules(level):
+                h = module(h)
+            assert torch.equal(h, features[level - 1]), level
+    with pytest.raises(ValueError, match="5 feature levels, not 6"):
+        encoder.level_modules(6)
+
+
 def test_encoder_learning_rate_scale_and_warm_start(synthetic_root: Path, tmp_path: Path) -> None:
     extra = {**LITE, "model.pretrained": "true", "train.encoder_lr_scale": 0.25}
-    extra |= {"train.freeze_encoder_steps": 2, "train.warmup_steps": 0}
+    extra |= {"train.freeze_encoder_steps": 2, "train.freeze_encoder_levels": 2}
+    extra["train.warmup_steps"] = 0
     config = load_config(None, tiny_overrides(synthetic_root, tmp_path / "cache", **extra))
     trainer = Trainer(config, tmp_path / "run", resume=False, progress=False)
     batches = itertools.cycle(torch.utils.data.DataLoader(trainer.data["train"], batch_size=2))
-    encoder_before = [p.detach().clone() for p in trainer.model.encoder.parameters()]
+    encoder = trainer.model.encoder
+    # the stem and blocks at 1/2 and 1/4 stay frozen after the warm start, the deeper ones learn
+    fixed = {id(p) for module in encoder.level_modules(2) for p in module.parameters()}
+    parts = {
+        frozen: [
+            (p, p.detach().clone()) for p in encoder.parameters() if (id(p) in fixed) == frozen
+        ]
+        for frozen in (True, False)
+    }
+    statistics = encoder.stem.bn.running_mean.clone()
     # a frozen encoder still counts in the model size that the run reports
-    assert count_parameters(trainer.model) > count_parameters(trainer.model.encoder) > 2e6
+    assert count_parameters(trainer.model) > count_parameters(encoder) > 2e6
     head_before = trainer.model.head.weight.detach().clone()
     for step in range(3):
         stats = trainer.train_step(batches)
@@ -209,13 +238,35 @@ def test_encoder_learning_rate_scale_and_warm_start(synthetic_root: Path, tmp_pa
             for group, in_encoder in zip(trainer.optimizer.param_groups, trainer.encoder_groups)
         }
         assert lrs[False] == stats["lr"] and lrs[True] == pytest.approx(0.25 * stats["lr"])
-        # frozen: no gradient for the encoder (its backward pass skipped), no weight decay
-        assert trainer.model.encoder.stem.conv.weight.requires_grad == (step >= 2)
-        unchanged = all(
-            torch.equal(a, b) for a, b in zip(encoder_before, trainer.model.encoder.parameters())
-        )
-        assert unchanged == (step < 2), step
+        # frozen: no gradient (the backward pass skipped), no weight decay
+        assert not encoder.stem.conv.weight.requires_grad
+        assert encoder.blocks[-1].project.conv.weight.requires_grad == (step >= 2)
+        unchanged = {
+            frozen: all(torch.equal(p, before) for p, before in pairs)
+            for frozen, pairs in parts.items()
+        }
+        assert unchanged == {True: True, False: step < 2}, step
     assert not torch.equal(head_before, trainer.model.head.weight)
+    assert not torch.equal(statistics, encoder.stem.bn.running_mean)  # they follow the data
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_auto_precision_trains_the_warm_start_in_bf16_where_the_cpu_has_it(
+    synthetic_root: Path, tmp_path: Path, precision: str
+) -> None:
+    extra = {**LITE, "model.pretrained": "true", "train.freeze_encoder_steps": 2}
+    extra |= {"train.precision": precision, "train.channels_last": "off"}
+    config = load_config(None, tiny_overrides(synthetic_root, tmp_path / "cache", **extra))
+    trainer = Trainer(config, tmp_path / "run", resume=False, progress=False)
+    dtypes: list[torch.dtype] = []
+    trainer.model.head.register_forward_hook(lambda module, x, out: dtypes.append(out.dtype))
+    batches = itertools.cycle(torch.utils.data.DataLoader(trainer.data["train"], batch_size=2))
+    for _ in range(3):
+        trainer.train_step(batches)
+        trainer.step += 1
+    frozen = torch.bfloat16 if precision == "auto" and cpu_supports_bf16() else torch.float32
+    # two micro-batches a step; released, the encoder trains in fp32, as Lite does fastest
+    assert dtypes == [frozen] * 4 + [torch.float32] * 2
 
 
 def test_resume_of_a_pretrained_lite_run_is_bit_identical(
@@ -223,6 +274,7 @@ def test_resume_of_a_pretrained_lite_run_is_bit_identical(
 ) -> None:
     extra = {**LITE, "model.pretrained": "true", "train.ema_decay": 0.9}
     extra |= {"train.encoder_lr_scale": 0.5, "train.freeze_encoder_steps": 2}
+    extra |= {"train.freeze_encoder_levels": 1}
     config = load_config(None, tiny_overrides(synthetic_root, tmp_path / "cache", **extra))
     train(config, tmp_path / "straight", progress=False)
 

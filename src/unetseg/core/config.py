@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 from unetseg.core.classes import load_class_set
-from unetseg.core.encoders import ENCODERS
+from unetseg.core.encoders import ENCODERS, FEATURE_LEVELS
 
 
 class ConfigError(ValueError):
@@ -167,6 +167,10 @@ class TrainConfig:
     # pretrained encoders: fixed (no gradient, no backward pass) in the first steps, while the
     # decoder learns to read them
     freeze_encoder_steps: int = 0
+    # pretrained encoders: the first this many of the encoder's five feature levels (its stem and
+    # blocks at 1/2, 1/4, ... of the input) keep their ImageNet weights for the whole run, out of
+    # the backward pass; their batch-norm statistics still follow the data
+    freeze_encoder_levels: int = 0
 
 
 @dataclass
@@ -399,6 +403,7 @@ def _validate_model(config: Config) -> None:
     tuned = {
         "train.encoder_lr_scale": t.encoder_lr_scale != 1.0,
         "train.freeze_encoder_steps": t.freeze_encoder_steps > 0,
+        "train.freeze_encoder_levels": t.freeze_encoder_levels > 0,
         "model.freeze_encoder_bn": m.freeze_encoder_bn,  # random statistics would stay random
     }
     for key, used in tuned.items():
@@ -452,6 +457,11 @@ def _validate_train(t: TrainConfig) -> None:
         "freeze_encoder_steps",
     )
     _at_least(0, {f"train.{key}": getattr(t, key) for key in amounts})
+    if not 0 <= t.freeze_encoder_levels <= FEATURE_LEVELS:
+        raise ConfigError(
+            f"train.freeze_encoder_levels: must be 0 to {FEATURE_LEVELS}, got "
+            f"{t.freeze_encoder_levels}"
+        )
     if t.base_lr <= 0:
         raise ConfigError(f"train.base_lr: must be positive, got {t.base_lr}")
     if t.min_lr > t.base_lr:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unetseg.core.encoders import ENCODERS, LITE_ENCODERS
+from unetseg.core.encoders import ENCODERS, FEATURE_LEVELS, LITE_ENCODERS
 from unetseg.core.files import sha256_of
 
 BN_EPS = 1e-3  # TensorFlow's batch_norm_epsilon
@@ -139,6 +139,12 @@ class LiteEncoder(nn.Module):
         self.taps.append(len(blocks) - 1)
         self.blocks = nn.ModuleList(blocks)
         self.channels = [_out_channels(self.blocks[i]) for i in self.taps]
+
+    def level_modules(self, count: int) -> list[nn.Module]:
+        """The stem and blocks that compute the first ``count`` feature levels (0 to 5)."""
+        if not 0 <= count <= FEATURE_LEVELS:
+            raise ValueError(f"an encoder has {FEATURE_LEVELS} feature levels, not {count}")
+        return [self.stem, *self.blocks[: self.taps[count - 1] + 1]] if count else []
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []

@@ -12,6 +12,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # (efficientnet_lite_builder.py: "inception-style MEAN and STDDEV for better post-quantization").
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
+FEATURE_LEVELS = 5  # an EfficientNet-Lite encoder's features: 1/2, 1/4, 1/8, 1/16, 1/32
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class EncoderSpec:
     # Whether bf16 autocast speeds up training on a CPU with native bf16. EfficientNet-Lite's
     # depthwise convolutions do not gain: its training ran about 4% faster in fp32 there, its
     # inference 1.4x faster in bf16 (benchmarks/encoders.py), so ``precision: auto`` trains it in
-    # fp32 and predicts in bf16.
+    # fp32 (in bf16 while the encoder is frozen, without that backward pass) and predicts in bf16.
     cpu_bf16_training: bool = True
 
     @property

@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,9 @@ from tqdm import tqdm
 from unetseg.core import checkpoint as ckpt
 from unetseg.core.classes import load_class_set
 from unetseg.core.config import Config, TrainConfig, changed_settings, save_config
+from unetseg.core.efficientnet_lite import LiteEncoder
 from unetseg.core.ema import WeightAverage
-from unetseg.core.encoders import ENCODERS
+from unetseg.core.encoders import ENCODERS, FEATURE_LEVELS
 from unetseg.core.files import atomic_path, exclusive_lock, write_json
 from unetseg.core.losses import SegmentationLoss
 from unetseg.core.model import LiteUNet, build_model, count_parameters
@@ -42,6 +43,7 @@ from unetseg.core.runtime import (
     barrier,
     make_runtime,
     process_rank,
+    select_precision,
     shutdown,
 )
 from unetseg.core.schedule import Schedule
@@ -82,7 +84,7 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def pretrained_encoder(model: nn.Module, config: Config) -> nn.Module | None:
+def pretrained_encoder(model: nn.Module, config: Config) -> LiteEncoder | None:
     """The part of ``model`` that starts from pretrained weights, if any."""
     return model.encoder if isinstance(model, LiteUNet) and config.model.pretrained else None
 
@@ -109,9 +111,10 @@ def build_optimizer(model: nn.Module, config: Config) -> tuple[torch.optim.Optim
     return torch.optim.AdamW(groups, lr=config.train.base_lr), is_encoder
 
 
-def encoder_frozen(train: TrainConfig, step: int) -> bool:
-    """Whether the pretrained encoder is held fixed at ``step`` (the warm start)."""
-    return step < train.freeze_encoder_steps
+def frozen_encoder_levels(train: TrainConfig, step: int) -> int:
+    """How many of the pretrained encoder's feature levels are held fixed at ``step``: all of
+    them in the warm start, then ``freeze_encoder_levels``."""
+    return FEATURE_LEVELS if step < train.freeze_encoder_steps else train.freeze_encoder_levels
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -127,6 +130,11 @@ class Trainer:
         encoder = ENCODERS[config.model.encoder]
         self.rt: Runtime = make_runtime(config.train, encoder.cpu_bf16_training)
         t = config.train
+        # What gains nothing from bf16 on a CPU is the backward pass of Lite's depthwise
+        # convolutions: with the encoder frozen there is none, and ``precision: auto`` trains in
+        # bf16 where the CPU has it natively (1.4x the images/s of fp32, benchmarks/RESULTS.md).
+        amp_frozen = select_precision(t.precision, self.rt.device)
+        self.frozen_rt = replace(self.rt, amp_dtype=amp_frozen)
         torch.manual_seed(t.seed + self.rt.rank)  # own dropout masks per process
         self.class_set = load_class_set(config.data.class_set)
         if self.rt.is_main:  # one process checks and caches, the others wait and reuse it
@@ -157,7 +165,7 @@ class Trainer:
         if resume:
             self._resume()
         self.workers = default_workers(config.data.num_workers, self.rt.device, self.rt.world_size)
-        self.encoder_frozen = False
+        self.frozen_levels = 0
         self._follow_encoder_freeze()
         self.forward_model = self._wrap_model()
 
@@ -214,16 +222,18 @@ class Trainer:
         return model
 
     def _follow_encoder_freeze(self) -> bool:
-        """Freeze or release the pretrained encoder as ``encoder_frozen`` says for this step;
-        True when that changed. A frozen encoder's parameters need no gradient, so the backward
-        pass stops at the decoder; its batch-norm statistics still follow the data."""
+        """Freeze or release the pretrained encoder's levels as ``frozen_encoder_levels`` says
+        for this step; True when that changed. Frozen parameters need no gradient, so the
+        backward pass stops above them; their batch-norm statistics still follow the data."""
         encoder = pretrained_encoder(self.model, self.config)
-        frozen = encoder is not None and encoder_frozen(self.config.train, self.step)
-        if frozen == self.encoder_frozen:
+        levels = 0 if encoder is None else frozen_encoder_levels(self.config.train, self.step)
+        if levels == self.frozen_levels:
             return False
         assert encoder is not None
-        encoder.requires_grad_(not frozen)
-        self.encoder_frozen = frozen
+        encoder.requires_grad_(True)
+        for module in encoder.level_modules(levels):
+            module.requires_grad_(False)
+        self.frozen_levels = levels
         return True
 
     def _new_average(self) -> WeightAverage | None:
@@ -361,12 +371,13 @@ class Trainer:
     # -- one optimizer step ----------------------------------------------------------------
     def train_step(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
         """Accumulate ``accum_steps`` micro-batches, clip, and step (or skip a non-finite step)."""
-        t, rt = self.config.train, self.rt
+        t = self.config.train
         lr = self.schedule(self.step, self.budget_progress())
         for group, in_encoder in zip(self.optimizer.param_groups, self.encoder_groups):
             group["lr"] = lr * t.encoder_lr_scale if in_encoder else lr
         if self._follow_encoder_freeze():  # DDP reduces what needed gradients when it was built
             self.forward_model = self._wrap_model()
+        rt = self.frozen_rt if self.frozen_levels == FEATURE_LEVELS else self.rt
         self.forward_model.train()
         # A skipped step must leave the model as it was, BatchNorm statistics included.
         buffers = [b.detach().clone() for b in self.model.buffers()]
@@ -653,7 +664,7 @@ def _announce(trainer: Trainer) -> None:
         "pretrained": pretrained,
         "parameters": count_parameters(model),
         "device": str(rt.device),
-        "precision": str(rt.amp_dtype or "fp32").removeprefix("torch."),
+        "precision": _precision_name(rt),
         "channels_last": rt.channels_last,
         "processes": rt.world_size,
         "train_images": len(trainer.data["train"]),
@@ -665,12 +676,17 @@ def _announce(trainer: Trainer) -> None:
         "start_step": trainer.step,
         "torch": torch.__version__,
     }
+    warm_start = pretrained and trainer.step < t.freeze_encoder_steps
+    if warm_start and trainer.frozen_rt.amp_dtype != rt.amp_dtype:
+        facts["precision_encoder_frozen"] = _precision_name(trainer.frozen_rt)
     write_json(trainer.run_dir / "run.json", facts)
+    frozen = facts.get("precision_encoder_frozen")
     weights = "ImageNet encoder" if pretrained else "random weights"
     budget = f" or {t.time_budget_min:g} min" if t.time_budget_min > 0 else ""
     print(
         f"training {config.model.encoder} ({weights}, {facts['parameters'] / 1e6:.2f} M "
         f"parameters) on {facts['device']} in {facts['precision']}"
+        f"{f' ({frozen} while the encoder is frozen)' if frozen else ''}"
         f"{', channels_last' if rt.channels_last else ''}, {rt.world_size} process(es)\n"
         f"  {facts['train_images']} train / {facts['val_images']} val images at "
         f"{config.data.size[0]}x{config.data.size[1]}, {facts['images_per_step']} images a step, "
@@ -678,6 +694,10 @@ def _announce(trainer: Trainer) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def _precision_name(rt: Runtime) -> str:
+    return str(rt.amp_dtype or "fp32").removeprefix("torch.")
 
 
 def _periodic_eval(trainer: Trainer, log: RunLog, bar: tqdm) -> None:
