@@ -7,9 +7,10 @@ Models: the CamVid from-scratch recipe's residual U-Net (width 16, ResNet-18 dep
 decoder (width 16) over each EfficientNet-Lite encoder, Lite0 and Lite2 with their (ImageNet)
 encoder frozen, as in a warm start's steps (``train.freeze_encoder_steps``), and Lite2 with its
 first levels frozen (``train.freeze_encoder_levels``). Settings: fp32 and bf16 autocast, each in
-NCHW and channels_last; ``--only REGEX`` keeps the arms whose "model | setting" matches. Training is the real ``Trainer.train_step`` on one fixed batch of
-``--size`` (model-only: forward, loss, backward, AdamW); inference is one eval-mode forward of a
-batch-1 image of ``--infer-size`` (CamVid's frames at full resolution). Every arm takes turns with
+NCHW and channels_last; ``--only REGEX`` keeps the arms whose "model | setting" matches.
+Training is the real ``Trainer.train_step`` on one fixed batch of ``--size`` (model-only:
+forward, loss, backward, AdamW); inference is one eval-mode forward of a batch-1 image of
+``--infer-size`` (CamVid's frames at full resolution). Every arm takes turns with
 every other (``common.alternating_rates``), so that a slow phase of the machine hits all of them.
 bf16 arms are skipped on a CPU without native bf16. The last line is JSON.
 """
@@ -63,6 +64,14 @@ SETTINGS = {
 }
 
 
+def pattern(text: str) -> re.Pattern[str]:
+    """``--only``'s regular expression; argparse reports a bad one in a line."""
+    try:
+        return re.compile(text)
+    except re.error as error:
+        raise argparse.ArgumentTypeError(f"not a regular expression: {error}") from None
+
+
 def training_run(trainer: Trainer, batch: int) -> Callable[[], int]:
     """One training step on a fixed batch; returns the images it took."""
     images, masks = trainer.data["train"][0]
@@ -96,7 +105,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="training batch (4)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per arm (5)")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "unetseg-enc")
-    parser.add_argument("--only", type=re.compile, help='arms whose "model | setting" matches')
+    parser.add_argument("--only", type=pattern, help='arms whose "model | setting" matches')
     parser.add_argument("--record", type=Path, help="append the output to this results file")
     args = parser.parse_args()
     use_fast_allocator()  # as the unetseg command does

@@ -67,7 +67,8 @@ from unetseg.data.io import Sample
 from unetseg.data.loader import StreamBatchSampler, train_loader
 from unetseg.data.sources import ensure_synthetic, find_samples
 from unetseg.data.transforms import to_model_input
-from unetseg.engine.train import Trainer, build_optimizer
+from unetseg.engine.finetune import build_optimizer
+from unetseg.engine.train import Trainer
 
 PREDICT_SIZE = (1024, 512)  # (width, height) of the images given to the predict path
 PREDICT_BATCH = 4  # the CLI's default --batch-size
@@ -387,7 +388,7 @@ def smp_variant(args: argparse.Namespace) -> Variant | None:
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     trainer.model = trainer.forward_model = model
-    trainer.optimizer = build_optimizer(model, trainer.config)
+    trainer.optimizer, trainer.encoder_groups = build_optimizer(model, trainer.config)
     return trainer_variant("smp resnet34", trainer, args)
 
 

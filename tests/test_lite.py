@@ -15,7 +15,7 @@ from efficientnet_lite_pytorch import EfficientNet
 from PIL import Image
 from test_train import final_weights, interrupt_then_resume, tiny_overrides
 
-from unetseg.core import efficientnet_lite
+from unetseg.core import efficientnet_lite, runtime
 from unetseg.core.checkpoint import FORMAT, model_from_checkpoint, save_checkpoint
 from unetseg.core.classes import camvid11
 from unetseg.core.config import ConfigError, from_dict, load_config, normalisation
@@ -27,7 +27,6 @@ from unetseg.core.efficientnet_lite import (
 )
 from unetseg.core.encoders import IMAGENET_MEAN, LITE_ENCODERS, LITE_MEAN, LITE_STD
 from unetseg.core.model import LiteUNet, build_model, count_parameters
-from unetseg.core.runtime import cpu_supports_bf16
 from unetseg.engine.export import export_onnx
 from unetseg.engine.inference import Predictor, predict_image
 from unetseg.engine.train import Trainer, train
@@ -250,12 +249,26 @@ def test_encoder_learning_rate_scale_and_warm_start(synthetic_root: Path, tmp_pa
     assert not torch.equal(statistics, encoder.stem.bn.running_mean)  # they follow the data
 
 
-@pytest.mark.parametrize("precision", ["auto", "fp32"])
-def test_auto_precision_trains_the_warm_start_in_bf16_where_the_cpu_has_it(
-    synthetic_root: Path, tmp_path: Path, precision: str
+def with_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``precision: auto`` as on a CPU with native bf16 (bf16 autocast runs on any CPU)."""
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+
+
+@pytest.mark.parametrize(
+    ("precision", "levels", "released"),
+    [("auto", 0, torch.float32), ("fp32", 0, torch.float32), ("auto", 5, torch.bfloat16)],
+)
+def test_auto_precision_trains_the_warm_start_in_bf16_on_a_cpu_with_native_bf16(
+    synthetic_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    precision: str,
+    levels: int,
+    released: torch.dtype,
 ) -> None:
+    with_native_bf16(monkeypatch)
     extra = {**LITE, "model.pretrained": "true", "train.freeze_encoder_steps": 2}
-    extra |= {"train.precision": precision, "train.channels_last": "off"}
+    extra |= {"train.precision": precision, "train.freeze_encoder_levels": levels}
     config = load_config(None, tiny_overrides(synthetic_root, tmp_path / "cache", **extra))
     trainer = Trainer(config, tmp_path / "run", resume=False, progress=False)
     dtypes: list[torch.dtype] = []
@@ -264,17 +277,19 @@ def test_auto_precision_trains_the_warm_start_in_bf16_where_the_cpu_has_it(
     for _ in range(3):
         trainer.train_step(batches)
         trainer.step += 1
-    frozen = torch.bfloat16 if precision == "auto" and cpu_supports_bf16() else torch.float32
-    # two micro-batches a step; released, the encoder trains in fp32, as Lite does fastest
-    assert dtypes == [frozen] * 4 + [torch.float32] * 2
+    frozen = torch.bfloat16 if precision == "auto" else torch.float32
+    # two micro-batches a step; released, Lite trains in fp32, its fastest on a CPU
+    assert dtypes == [frozen] * 4 + [released] * 2
 
 
 def test_resume_of_a_pretrained_lite_run_is_bit_identical(
     synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     extra = {**LITE, "model.pretrained": "true", "train.ema_decay": 0.9}
-    extra |= {"train.encoder_lr_scale": 0.5, "train.freeze_encoder_steps": 2}
-    extra |= {"train.freeze_encoder_levels": 1}
+    # stopped at step 3 within the warm start (in bf16), released after the resume
+    extra |= {"train.encoder_lr_scale": 0.5, "train.freeze_encoder_steps": 4}
+    extra |= {"train.freeze_encoder_levels": 1, "train.precision": "auto"}
+    with_native_bf16(monkeypatch)
     config = load_config(None, tiny_overrides(synthetic_root, tmp_path / "cache", **extra))
     train(config, tmp_path / "straight", progress=False)
 
@@ -285,6 +300,9 @@ def test_resume_of_a_pretrained_lite_run_is_bit_identical(
     straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "stopped")
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+    facts = json.loads((tmp_path / "stopped" / "run.json").read_text())
+    assert facts["start_step"] == 3 and facts["precision"] == "fp32"
+    assert facts["precision_encoder_frozen"] == "bfloat16"
 
 
 @pytest.fixture(scope="module")

@@ -169,7 +169,8 @@ class TrainConfig:
     freeze_encoder_steps: int = 0
     # pretrained encoders: the first this many of the encoder's five feature levels (its stem and
     # blocks at 1/2, 1/4, ... of the input) keep their ImageNet weights for the whole run, out of
-    # the backward pass; their batch-norm statistics still follow the data
+    # the backward pass; their batch-norm statistics still follow the data (unless
+    # model.freeze_encoder_bn)
     freeze_encoder_levels: int = 0
 
 

@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +30,19 @@ from tqdm import tqdm
 
 from unetseg.core import checkpoint as ckpt
 from unetseg.core.classes import load_class_set
-from unetseg.core.config import Config, TrainConfig, changed_settings, save_config
-from unetseg.core.efficientnet_lite import LiteEncoder
+from unetseg.core.config import Config, changed_settings, save_config
 from unetseg.core.ema import WeightAverage
 from unetseg.core.encoders import ENCODERS, FEATURE_LEVELS
 from unetseg.core.files import atomic_path, exclusive_lock, write_json
 from unetseg.core.losses import SegmentationLoss
-from unetseg.core.model import LiteUNet, build_model, count_parameters
+from unetseg.core.model import build_model, count_parameters
 from unetseg.core.runtime import (
     Runtime,
     StopSignal,
     barrier,
     make_runtime,
     process_rank,
-    select_precision,
+    resolved_again,
     shutdown,
 )
 from unetseg.core.schedule import Schedule
@@ -61,6 +60,12 @@ from unetseg.engine.evaluate import (
     evaluate_model,
     worst_first,
     write_evaluation,
+)
+from unetseg.engine.finetune import (
+    build_optimizer,
+    frozen_encoder_levels,
+    hold_fixed,
+    pretrained_encoder,
 )
 from unetseg.engine.report import write_report
 from unetseg.engine.runlog import RunLog
@@ -84,39 +89,6 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def pretrained_encoder(model: nn.Module, config: Config) -> LiteEncoder | None:
-    """The part of ``model`` that starts from pretrained weights, if any."""
-    return model.encoder if isinstance(model, LiteUNet) and config.model.pretrained else None
-
-
-def build_optimizer(model: nn.Module, config: Config) -> tuple[torch.optim.Optimizer, list[bool]]:
-    """AdamW; no weight decay on biases and norm parameters (decaying them only hurts).
-
-    A pretrained encoder's parameters get groups of their own, so that their learning rate can
-    be scaled; the second value says which groups those are.
-    """
-    encoder = pretrained_encoder(model, config)
-    in_encoder = {id(p) for p in encoder.parameters()} if encoder is not None else set()
-    groups, is_encoder = [], []
-    for part in (True, False) if in_encoder else (False,):
-        params = [p for p in model.parameters() if (id(p) in in_encoder) == part]
-        for decayed in (True, False):
-            groups.append(
-                {
-                    "params": [p for p in params if (p.ndim > 1) == decayed],
-                    "weight_decay": config.train.weight_decay if decayed else 0.0,
-                }
-            )
-            is_encoder.append(part)
-    return torch.optim.AdamW(groups, lr=config.train.base_lr), is_encoder
-
-
-def frozen_encoder_levels(train: TrainConfig, step: int) -> int:
-    """How many of the pretrained encoder's feature levels are held fixed at ``step``: all of
-    them in the warm start, then ``freeze_encoder_levels``."""
-    return FEATURE_LEVELS if step < train.freeze_encoder_steps else train.freeze_encoder_levels
-
-
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
     """Augmentation randomness as a pure function of position, so resume repeats it exactly."""
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + rank)
@@ -131,10 +103,8 @@ class Trainer:
         self.rt: Runtime = make_runtime(config.train, encoder.cpu_bf16_training)
         t = config.train
         # What gains nothing from bf16 on a CPU is the backward pass of Lite's depthwise
-        # convolutions: with the encoder frozen there is none, and ``precision: auto`` trains in
-        # bf16 where the CPU has it natively (1.4x the images/s of fp32, benchmarks/RESULTS.md).
-        amp_frozen = select_precision(t.precision, self.rt.device)
-        self.frozen_rt = replace(self.rt, amp_dtype=amp_frozen)
+        # convolutions: with the whole encoder frozen there is none.
+        self.frozen_rt = resolved_again(self.rt, t.precision)
         torch.manual_seed(t.seed + self.rt.rank)  # own dropout masks per process
         self.class_set = load_class_set(config.data.class_set)
         if self.rt.is_main:  # one process checks and caches, the others wait and reuse it
@@ -146,7 +116,8 @@ class Trainer:
         self.ema = self._new_average()
         self.optimizer, self.encoder_groups = build_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler(
-            self.rt.device.type, enabled=self.rt.amp_dtype == torch.float16
+            self.rt.device.type,
+            enabled=torch.float16 in (self.rt.amp_dtype, self.frozen_rt.amp_dtype),
         )
         self.loss_fn = SegmentationLoss(
             self.class_set.num_classes,
@@ -223,16 +194,13 @@ class Trainer:
 
     def _follow_encoder_freeze(self) -> bool:
         """Freeze or release the pretrained encoder's levels as ``frozen_encoder_levels`` says
-        for this step; True when that changed. Frozen parameters need no gradient, so the
-        backward pass stops above them; their batch-norm statistics still follow the data."""
+        for this step; True when that changed."""
         encoder = pretrained_encoder(self.model, self.config)
         levels = 0 if encoder is None else frozen_encoder_levels(self.config.train, self.step)
         if levels == self.frozen_levels:
             return False
         assert encoder is not None
-        encoder.requires_grad_(True)
-        for module in encoder.level_modules(levels):
-            module.requires_grad_(False)
+        hold_fixed(encoder, levels)
         self.frozen_levels = levels
         return True
 
@@ -278,6 +246,11 @@ class Trainer:
             # What a killed run was writing (atomic writes' temporaries) will never be finished.
             for stale in [*self.run_dir.glob(".*.tmp*"), *self.run_dir.glob("*/.*.tmp*")]:
                 stale.unlink(missing_ok=True)
+
+    @property
+    def step_runtime(self) -> Runtime:
+        """The runtime of this step's training: its own precision while the encoder is frozen."""
+        return self.frozen_rt if self.frozen_levels == FEATURE_LEVELS else self.rt
 
     @property
     def eval_model(self) -> nn.Module:
@@ -377,31 +350,10 @@ class Trainer:
             group["lr"] = lr * t.encoder_lr_scale if in_encoder else lr
         if self._follow_encoder_freeze():  # DDP reduces what needed gradients when it was built
             self.forward_model = self._wrap_model()
-        rt = self.frozen_rt if self.frozen_levels == FEATURE_LEVELS else self.rt
         self.forward_model.train()
         # A skipped step must leave the model as it was, BatchNorm statistics included.
         buffers = [b.detach().clone() for b in self.model.buffers()]
-        totals = torch.zeros(3, device=rt.device)
-        for micro in range(t.accum_steps):
-            images, masks = next(batches)
-            x, y = prepare_batch(
-                images.to(rt.device, non_blocking=True),
-                masks.to(rt.device, non_blocking=True),
-                self.config.augment,
-                step_generator(t.seed, self.step, micro, rt.rank),
-            )
-            x = rt.prepare_input(x)
-            sync = micro == t.accum_steps - 1 or not rt.distributed
-            context = self.forward_model.no_sync() if not sync else contextlib.nullcontext()
-            with context:
-                with rt.autocast():
-                    logits = self.forward_model(x)
-                loss, terms = self.loss_fn(logits, y)
-                self.scaler.scale(loss / t.accum_steps).backward()
-            totals += torch.stack([loss.detach(), terms["ce"], terms["dice"]]) / t.accum_steps
-        if rt.distributed:
-            dist.all_reduce(totals, op=dist.ReduceOp.SUM)
-            totals /= rt.world_size
+        totals = self._accumulate_gradients(batches)
         self.scaler.unscale_(self.optimizer)
         max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
@@ -429,6 +381,35 @@ class Trainer:
             "grad_norm": float(grad_norm),
             "finite": finite,
         }
+
+    def _accumulate_gradients(
+        self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        """Forward and backward ``accum_steps`` micro-batches; their mean loss, cross-entropy
+        and Dice, over every process. The warm start runs in its own precision."""
+        t, rt = self.config.train, self.step_runtime
+        totals = torch.zeros(3, device=rt.device)
+        for micro in range(t.accum_steps):
+            images, masks = next(batches)
+            x, y = prepare_batch(
+                images.to(rt.device, non_blocking=True),
+                masks.to(rt.device, non_blocking=True),
+                self.config.augment,
+                step_generator(t.seed, self.step, micro, rt.rank),
+            )
+            x = rt.prepare_input(x)
+            sync = micro == t.accum_steps - 1 or not rt.distributed
+            context = self.forward_model.no_sync() if not sync else contextlib.nullcontext()
+            with context:
+                with rt.autocast():
+                    logits = self.forward_model(x)
+                loss, terms = self.loss_fn(logits, y)
+                self.scaler.scale(loss / t.accum_steps).backward()
+            totals += torch.stack([loss.detach(), terms["ce"], terms["dice"]]) / t.accum_steps
+        if rt.distributed:
+            dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+            totals /= rt.world_size
+        return totals
 
     # -- evaluation, snapshots, logs --------------------------------------------------------
     def evaluate(self, max_batches: int, per_image: bool = False) -> dict[str, Any]:
@@ -664,7 +645,9 @@ def _announce(trainer: Trainer) -> None:
         "pretrained": pretrained,
         "parameters": count_parameters(model),
         "device": str(rt.device),
-        "precision": _precision_name(rt),
+        "precision": _precision_name(
+            trainer.step_runtime if t.freeze_encoder_levels == FEATURE_LEVELS else rt
+        ),
         "channels_last": rt.channels_last,
         "processes": rt.world_size,
         "train_images": len(trainer.data["train"]),
@@ -676,9 +659,8 @@ def _announce(trainer: Trainer) -> None:
         "start_step": trainer.step,
         "torch": torch.__version__,
     }
-    warm_start = pretrained and trainer.step < t.freeze_encoder_steps
-    if warm_start and trainer.frozen_rt.amp_dtype != rt.amp_dtype:
-        facts["precision_encoder_frozen"] = _precision_name(trainer.frozen_rt)
+    if _precision_name(trainer.step_runtime) != facts["precision"]:  # a warm start, for now
+        facts["precision_encoder_frozen"] = _precision_name(trainer.step_runtime)
     write_json(trainer.run_dir / "run.json", facts)
     frozen = facts.get("precision_encoder_frozen")
     weights = "ImageNet encoder" if pretrained else "random weights"
