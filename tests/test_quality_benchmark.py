@@ -96,6 +96,7 @@ def test_sweep_trains_each_variant_on_the_cross_sequence_split(tmp_path):
         "WORKERS": "0",
         "UNETSEG_CACHE": str(tmp_path / "cache"),
         "SWEEP_OVERRIDES": "model.width=4 model.pretrained=false train.freeze_encoder_steps=0 "
+        "train.freeze_encoder_levels=0 "
         "data.size=[64,64] augment.crop=[]",
     }
     command = [
